@@ -1,0 +1,18 @@
+"""A GLIDE that trains on a 2-core CPU: 32 base channels, 3 levels, a small text transformer."""
+
+from glide_jax.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.model.model_channels = 32
+  config.model.channel_mult = (1, 2, 2)
+  config.model.attention_resolutions = (8,)
+  config.model.xf_width = 64
+  config.model.xf_layers = 2
+  config.model.xf_heads = 4
+  config.train.batch_size = 64
+  config.train.num_steps = 6000
+  config.train.ema_decay = 0.999
+  config.train.checkpoint_every = 500
+  return config

@@ -1,0 +1,30 @@
+"""A tiny model on a slice of MNIST at 16x16, for tests and smoke runs (seconds per run)."""
+
+from glide_jax.config import default_config
+
+
+def get_config():
+  config = default_config()
+  config.data.train_split = "train[:512]"
+  config.data.test_split = "test[:256]"
+  config.data.image_size = 16
+  config.model.model_channels = 32
+  config.model.channel_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.attention_resolutions = (8,)
+  config.model.num_head_channels = 32
+  config.model.dropout = 0.0
+  config.model.text_ctx = 8
+  config.model.xf_width = 32
+  config.model.xf_layers = 1
+  config.model.xf_heads = 2
+  config.diffusion.num_timesteps = 100
+  config.train.batch_size = 16
+  config.train.num_steps = 20
+  config.train.learning_rate = 1e-3
+  config.train.ema_decay = 0.99
+  config.train.log_every = 5
+  config.train.checkpoint_every = 10
+  config.sample.respacing = "10"
+  config.sample.guidance_scales = (0.0, 3.0)
+  return config

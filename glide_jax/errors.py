@@ -1,0 +1,12 @@
+"""User-facing errors: raised for bad input, printed by `main.py` without a traceback."""
+
+
+class UserError(Exception):
+  """An error caused by the user's input (config, prompt, path, checkpoint).
+
+  `main.py` prints the message alone and exits with code 2; nothing is deleted.
+  """
+
+
+class ConfigError(UserError):
+  """An invalid configuration value."""
