@@ -1,0 +1,64 @@
+"""Orbax checkpoints of the training state and the config that produced it.
+
+Each step directory holds `state` (step, params, EMA params, optimizer state) and `config` (JSON).
+Restoring builds its target from the *current* mesh, so a checkpoint restores onto any topology.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from glide_jax.errors import UserError
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json())
+
+
+class Checkpointer:
+  """Saves when told (the training loop decides when), keeps the last `keep`, restores the latest."""
+
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+
+  def latest_step(self) -> Optional[int]:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> bool:
+    """Starts an asynchronous save of `state` at `step`; returns whether one was started."""
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_json(config))), force=True)
+
+  def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
+    """(state laid out as `abstract_state`'s shardings, the saved config as a dict) at `step` or the latest."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"No checkpoint in {self.directory}: train first with --mode=train and the same --workdir.")
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
+    return restored["state"], restored["config"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying the target shardings, for Orbax to restore into."""
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)

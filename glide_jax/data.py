@@ -1,0 +1,180 @@
+"""Image-and-prompt batches from TensorFlow Datasets, as a pure function of (seed, step).
+
+A split is read once through `tfds.data_source` (no TensorFlow needed), resized and kept in memory as
+uint8. Batch `step` takes its examples from an epoch-wise permutation seeded by (seed, epoch), so a
+resumed run and every host see exactly the examples an uninterrupted single-host run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from glide_jax.errors import UserError
+from glide_jax.tokenizer import Tokenizer
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageDataset:
+  """A split in memory: images uint8 [N, H, W, C], labels int32 [N] and the class words."""
+
+  images: np.ndarray
+  labels: np.ndarray
+  class_names: tuple[str, ...]
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+def resolve_data_dir(data_dir: str = "") -> str:
+  """The config's data dir, else $TFDS_DATA_DIR, else TFDS's default (~/tensorflow_datasets)."""
+  if data_dir:
+    return os.path.expanduser(data_dir)
+  if os.environ.get("TFDS_DATA_DIR"):
+    return os.path.expanduser(os.environ["TFDS_DATA_DIR"])
+  return os.path.expanduser("~/tensorflow_datasets")
+
+
+def _missing_dataset_error(name: str, data_dir: str, detail: str = "") -> UserError:
+  return UserError(
+      f"The TFDS dataset {name!r} was not found under {data_dir!r}{detail}. Point TFDS at a directory that "
+      f"holds it prepared (it contains {name}/<version>/): set TFDS_DATA_DIR=/path/to/tensorflow_datasets or "
+      f"pass --config.data.data_dir=/path/to/tensorflow_datasets (here: ../shared/tensorflow_datasets). "
+      f"Nothing is downloaded; on a machine with internet, `tfds build {name} "
+      f"--file_format=array_record --data_dir=DIR` prepares it.")
+
+
+def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out, in] weights of bilinear resizing with half-pixel centres (PIL/torchvision for upsampling)."""
+  src = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+  src = np.clip(src, 0, in_size - 1)
+  lo = np.floor(src).astype(int)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  weights = np.zeros((out_size, in_size))
+  weights[np.arange(out_size), lo] += 1 - frac
+  weights[np.arange(out_size), hi] += frac
+  return weights
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear resize of uint8 [N, H, W, C] to [N, size, size, C], rounded back to uint8."""
+  n, h, w, c = images.shape
+  if (h, w) == (size, size):
+    return images
+  rows, cols = bilinear_resize_matrix(h, size), bilinear_resize_matrix(w, size)
+  out = np.empty((n, size, size, c), np.uint8)
+  for start in range(0, n, 4096):
+    chunk = images[start:start + 4096].astype(np.float32)
+    resized = np.einsum("yh,nhwc,xw->nyxc", rows, chunk, cols, optimize=True)
+    out[start:start + 4096] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+  return out
+
+
+@functools.lru_cache(maxsize=8)
+def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32) -> ImageDataset:
+  """Reads a TFDS split into memory (cached per process), resized to image_size."""
+  import tensorflow_datasets as tfds
+
+  data_dir = resolve_data_dir(data_dir)
+  if not os.path.isdir(os.path.join(data_dir, name)):
+    raise _missing_dataset_error(name, data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
+    raise _missing_dataset_error(name, data_dir, f" ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+  except ValueError as e:
+    raise UserError(f"Cannot read split {split!r} of {name!r}: {e}. Use a TFDS split such as 'train' or "
+                    f"'train[:2048]' in config.data.train_split / test_split.") from None
+  if len(source) == 0:
+    raise UserError(f"Split {split!r} of {name!r} under {data_dir!r} is empty.")
+  examples = source.__getitems__(list(range(len(source))))
+  images = np.stack([ex["image"] for ex in examples])
+  labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
+  if images.ndim == 3:
+    images = images[..., None]
+  names = builder.info.features["label"].names
+  if name in ("mnist", "kmnist", "emnist/mnist") or names == [str(i) for i in range(10)]:
+    class_names = DIGIT_WORDS
+  else:
+    class_names = tuple(n.replace("_", " ") for n in names)
+  return ImageDataset(resize_images(images, image_size), labels, class_names)
+
+
+def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset:
+  """The train split (or `split`) that `config.data` names, checked against its channel count."""
+  ds = load_split(data_config.name, split or data_config.train_split, data_config.data_dir, data_config.image_size)
+  if ds.images.shape[-1] != data_config.channels:
+    raise UserError(f"{data_config.name!r} images have {ds.images.shape[-1]} channel(s) but config.data.channels "
+                    f"is {data_config.channels}; set --config.data.channels={ds.images.shape[-1]}.")
+  return ds
+
+
+def format_prompt(template: str, label: int, class_names: Sequence[str]) -> str:
+  """A template filled with {name} (the class word, e.g. "seven") and {label} (the numeral, "7")."""
+  return template.format(name=class_names[label], label=label)
+
+
+def prompt_table(class_names: Sequence[str], templates: Sequence[str]) -> list[list[str]]:
+  """prompts[label][template_index]."""
+  return [[format_prompt(t, k, class_names) for t in templates] for k in range(len(class_names))]
+
+
+def to_model_range(images_uint8: np.ndarray) -> np.ndarray:
+  """uint8 [0, 255] → float32 [−1, 1]."""
+  return images_uint8.astype(np.float32) / 127.5 - 1.0
+
+
+class BatchSource:
+  """Batch `step` of a run as a pure function of (seed, step); a process takes its own slice of it."""
+
+  def __init__(self, dataset: ImageDataset, tokenizer: Tokenizer, text_ctx: int, templates: Sequence[str],
+               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
+    if global_batch > len(dataset):
+      raise UserError(f"config.train.batch_size = {global_batch} is larger than the dataset ({len(dataset)} "
+                      f"examples); lower it or use a larger split.")
+    if global_batch % process_count:
+      raise UserError(f"config.train.batch_size = {global_batch} does not split over {process_count} processes.")
+    self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
+    self.local_batch = global_batch // process_count
+    self.local_slice = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
+    self.steps_per_epoch = len(dataset) // global_batch
+    self.num_templates = len(templates)
+    table = prompt_table(dataset.class_names, templates)
+    flat = [p for row in table for p in row]
+    tokens, mask = tokenizer.tokenize_batch(flat, text_ctx)
+    shape = (len(table), len(templates), text_ctx)
+    self._tokens, self._mask = tokens.reshape(shape), mask.reshape(shape)
+    self._perm_epoch, self._perm = -1, None
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    if epoch != self._perm_epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+      self._perm_epoch = epoch
+    return self._perm
+
+  def global_indices(self, step: int) -> np.ndarray:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    return self._permutation(epoch)[i * self.global_batch:(i + 1) * self.global_batch]
+
+  def template_choices(self, step: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, step, 1]).integers(0, self.num_templates, self.global_batch)
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    """This process's part of batch `step`: images [b,H,W,C] in [−1,1], tokens, mask, labels."""
+    idx = self.global_indices(step)[self.local_slice]
+    labels = self.dataset.labels[idx]
+    choice = self.template_choices(step)[self.local_slice]
+    return {
+        "images": to_model_range(self.dataset.images[idx]),
+        "tokens": self._tokens[labels, choice],
+        "mask": self._mask[labels, choice],
+        "labels": labels,
+    }

@@ -1,0 +1,50 @@
+"""Where training progress goes: metrics.jsonl, TensorBoard event files and image summaries (process 0 only)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping, Optional
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Writes scalars to `metrics.jsonl` and TensorBoard; images to TensorBoard. A no-op off process 0."""
+
+  def __init__(self, workdir: str, enabled: Optional[bool] = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self._jsonl = None
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for k, v in scalars.items():
+      self._tb.add_scalar(k, float(v), int(step))
+
+  def write_image(self, step: int, tag: str, image_uint8: np.ndarray) -> None:
+    """An HWC (or HW) uint8 image."""
+    if not self.enabled:
+      return
+    image = image_uint8 if image_uint8.ndim == 3 else image_uint8[..., None]
+    self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+  def flush(self) -> None:
+    if self.enabled:
+      self._jsonl.flush()
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+      self.enabled = False

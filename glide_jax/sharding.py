@@ -1,0 +1,91 @@
+"""The device mesh, and how the batch, parameters and optimizer state are laid out on it.
+
+Axes: "data" (pure data parallelism) and "fsdp" (data parallelism whose parameters, optimizer state and
+EMA are also split along one dimension). The batch is split over both axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from glide_jax.errors import ConfigError, UserError
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")
+
+
+def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Fills one -1 entry so the product is num_devices; pads a 1-axis shape with fsdp=1."""
+  shape = tuple(int(s) for s in shape)
+  if len(shape) == 1:
+    shape = shape + (1,)
+  if len(shape) != len(MESH_AXES) or shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ConfigError(f"config.mesh.shape = {shape!r} is invalid: give (data, fsdp) sizes, at most one -1, "
+                      f"e.g. (-1, 1) for data parallelism over all {num_devices} devices.")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ConfigError(f"config.mesh.shape = {shape!r} does not divide the {num_devices} devices.")
+    shape = tuple(num_devices // known if s == -1 else s for s in shape)
+  if math.prod(shape) != num_devices:
+    raise ConfigError(f"config.mesh.shape = {shape!r} needs {math.prod(shape)} devices but {num_devices} are "
+                      f"available; use -1 for one axis to take the rest.")
+  return shape
+
+
+def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A ("data", "fsdp") mesh over all (or the given) devices."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = resolve_mesh_shape(shape, len(devices))
+  try:
+    from jax.experimental import mesh_utils
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  except Exception:  # Topology-aware placement is best effort (e.g. CPU devices of several processes).
+    grid = np.array(devices).reshape(shape)
+  return Mesh(grid, MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over every mesh axis."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int = 2 ** 12) -> P:
+  """Shards the largest dimension divisible by the fsdp axis; small or indivisible arrays stay replicated."""
+  if fsdp_size == 1 or math.prod(shape) < min_size:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
+  """NamedShardings for a pytree of arrays (or ShapeDtypeStructs) under the fsdp partition rule."""
+  fsdp_size = mesh.shape["fsdp"]
+  return jax.tree_util.tree_map(
+      lambda x: NamedSharding(mesh, fsdp_spec(getattr(x, "shape", ()), fsdp_size)), abstract_state)
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:
+  n = mesh.shape["data"] * mesh.shape["fsdp"]
+  if global_batch % n:
+    raise UserError(f"{what} = {global_batch} is not divisible by the {n} devices of the mesh "
+                    f"{dict(mesh.shape)}; use a multiple of {n}, e.g. {max(n, global_batch // n * n)}.")
+
+
+def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's slice into global arrays sharded over the batch axis."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -1,0 +1,113 @@
+"""The training state and the jitted update: hybrid loss with conditioning dropout, Adam, EMA."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from glide_jax import sharding as sharding_lib
+from glide_jax.diffusion import GaussianDiffusion, hybrid_loss
+from glide_jax.model import Text2ImUNet, init_params
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Constant learning rate (the reference lesson's), after an optional linear warm-up."""
+  t = config.train
+  if t.warmup_steps > 0:
+    return optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+  return optax.constant_schedule(t.learning_rate)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Clip by global norm, then Adam (the reference lesson: lr 2e-4, betas (0.9, 0.99), clip 1.0)."""
+  t = config.train
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.adam(learning_rate_schedule(config), b1=t.adam_b1, b2=t.adam_b2))
+
+
+def init_train_state(model: Text2ImUNet, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  params = init_params(model, rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=optimizer.init(params))
+
+
+def drop_conditioning(rng: jax.Array, tokens: jax.Array, mask: jax.Array, p_uncond: float,
+                      pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """Replaces each example's prompt by the empty prompt (all pad, mask False) with probability p_uncond."""
+  drop = jax.random.bernoulli(rng, p_uncond, (tokens.shape[0],))
+  tokens = jnp.where(drop[:, None], jnp.asarray(pad_id, tokens.dtype), tokens)
+  mask = jnp.where(drop[:, None], False, mask)
+  return tokens, mask
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """min(decay, (1 + step) / (10 + step)): a short warm-up so early averages do not cling to the init."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch: dict[str, jax.Array],
+            rng: jax.Array, p_uncond: float, pad_id: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), prompts dropped with probability p_uncond."""
+  x_start = batch["images"]
+  t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
+  t = jax.random.randint(t_rng, (x_start.shape[0],), 0, diffusion.num_timesteps)
+  noise = jax.random.normal(noise_rng, x_start.shape, x_start.dtype)
+  x_t = diffusion.q_sample(x_start, t, noise)
+  tokens, mask = drop_conditioning(drop_rng, batch["tokens"], batch["mask"], p_uncond, pad_id)
+  model_t = jnp.asarray(diffusion.timestep_map)[t]
+  output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng})
+  terms = hybrid_loss(diffusion, output, x_start, x_t, t, noise)
+  metrics = {k: jnp.mean(v) for k, v in terms.items()}
+  return metrics["loss"], metrics
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Array, *, model: Text2ImUNet,
+               diffusion: GaussianDiffusion, optimizer: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, pad_id: int) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update. The step's randomness is fold_in(base_rng, step), so it never depends on history."""
+  rng = jax.random.fold_in(base_rng, state.step)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, model, diffusion, batch, rng, config.train.p_uncond, pad_id)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay_at(state.step, config.train.ema_decay)
+  ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
+  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_sharded_train_step(mesh: Mesh, state_sharding: Any, **static) -> Callable:
+  """train_step jitted over the mesh: batch split over the batch axes, state donated and laid out as given."""
+  return jax.jit(
+      functools.partial(train_step, **static),
+      in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)),
+      out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
+      donate_argnums=(0,))
+
+
+def make_sharded_init(mesh: Mesh, model: Text2ImUNet, optimizer: optax.GradientTransformation,
+                      rng: jax.Array) -> tuple[Callable[[], TrainState], Any]:
+  """(init function producing the state directly in its shardings, those shardings)."""
+  init = functools.partial(init_train_state, model, optimizer, rng)
+  abstract = jax.eval_shape(init)
+  shardings = sharding_lib.state_shardings(mesh, abstract)
+  return jax.jit(init, out_shardings=shardings), shardings

@@ -1,0 +1,82 @@
+"""glide-jax entry point: python main.py --config=configs/mnist.py --workdir=DIR [--mode=train|sample]."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _use_all_cpu_cores() -> None:
+  """On CPU, XLA runs one device's convolutions on about one core: one host device per core uses them all.
+
+  Must run before JAX starts; ignored on GPU/TPU (it only shapes the CPU platform) and when set by the user.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in flags and os.environ.get("GLIDE_HOST_DEVICES", "1") != "0":
+    count = os.cpu_count() or 1
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+
+
+_use_all_cpu_cores()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=value.",
+                                lock_config=True)
+COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a manual multi-host launch.")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a manual multi-host launch.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual multi-host launch.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  import jax
+
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save at INFO; -v 0 shows them.
+
+  from glide_jax.errors import UserError
+
+  if COORDINATOR.value or NUM_PROCESSES.value:
+    jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+  elif any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS")):
+    jax.distributed.initialize()
+  logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
+
+  config = flags.FLAGS.config
+  try:
+    if MODE.value == "train":
+      from glide_jax.train import train_and_evaluate
+      train_and_evaluate(config, FLAGS.value)
+    elif MODE.value == "sample":
+      from glide_jax.sample_main import sample_and_save
+      sample_and_save(config, FLAGS.value)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with bad flags or config overrides reported in one paragraph (exit code 2)."""
+  try:
+    rest = flags.FLAGS(argv)
+    flags.FLAGS.config.keys()  # The config file is loaded (and overrides applied) lazily: surface errors here.
+    return rest
+  except Exception as e:  # Unknown or ill-typed --config.* keys surface as several exception types.
+    message = " ".join(str(e).split()).strip("\"'")
+    if isinstance(e, (KeyError, AttributeError)):
+      message = f"unknown config field {message!r}"
+    elif isinstance(e, OSError) or isinstance(e.__cause__, OSError):
+      message = f"cannot load the --config file ({' '.join(str(e.__cause__ or e).split())})"
+    print(f"error: bad command-line flag or config override: {message}. The fields and their types are those "
+          f"of glide_jax/config.py (configs/*.py change some values); e.g. --config.train.batch_size=64.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)
