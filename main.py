@@ -6,18 +6,9 @@ import os
 import sys
 
 
-def _use_all_cpu_cores() -> None:
-  """On CPU, XLA runs one device's convolutions on about one core: one host device per core uses them all.
+from glide_jax.host_devices import use_all_cpu_cores  # noqa: E402  (no JAX import)
 
-  Must run before JAX starts; ignored on GPU/TPU (it only shapes the CPU platform) and when set by the user.
-  """
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_force_host_platform_device_count" not in flags and os.environ.get("GLIDE_HOST_DEVICES", "1") != "0":
-    count = os.cpu_count() or 1
-    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-
-
-_use_all_cpu_cores()
+use_all_cpu_cores()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

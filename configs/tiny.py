@@ -26,5 +26,6 @@ def get_config():
   config.train.log_every = 5
   config.train.checkpoint_every = 10
   config.sample.respacing = "10"
+  config.train.sample_respacing = "10"
   config.sample.guidance_scales = (0.0, 3.0)
   return config

@@ -62,3 +62,38 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings, for Orbax to restore into."""
   return jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
+
+
+# Sections of the config that determine the shapes and meaning of the saved parameters.
+MODEL_FIELDS = ("model", "diffusion", "data.image_size", "data.channels")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def model_config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved → current' for every model-defining field that differs."""
+  saved_flat, current_flat = _flatten(saved), _flatten(config_to_json(current))
+  keys = sorted(k for k in set(saved_flat) | set(current_flat)
+                if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS))
+  missing = object()
+  return [f"{k}: {saved_flat.get(k, missing)!r} in the checkpoint, {current_flat.get(k, missing)!r} now"
+          .replace(repr(missing), "(absent)")
+          for k in keys if saved_flat.get(k, missing) != current_flat.get(k, missing)]
+
+
+def check_same_model(saved: dict, current: ml_collections.ConfigDict, directory: str) -> None:
+  """A UserError listing the differing fields when a checkpoint came from another model config."""
+  diffs = model_config_differences(saved, current)
+  if diffs:
+    raise UserError(
+        f"The checkpoint in {directory} was trained with a different model config: " + "; ".join(diffs)
+        + ". Use the same --config and overrides as that run, or a new --workdir for the new model.")

@@ -62,10 +62,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
-  c.train.sample_every = 0         # 0 = never sample during training.
+  c.train.sample_every = 0         # Steps between sample grids in the workdir and TensorBoard; 0 = never.
+  c.train.sample_guidance = 4.0    # Guidance scale of those grids (one sample per class).
+  c.train.sample_respacing = "50"  # Fast respaced sampler for them.
 
   c.sample = ml_collections.ConfigDict()
   c.sample.prompts = ""            # Comma-separated; "" = one prompt per class ("zero", ..., "nine").
+  c.sample.prompt_file = ""        # Or a UTF-8 file with one prompt per line.
   c.sample.guidance_scales = (0.0, 1.0, 2.0, 4.0, 7.0, 10.0, 20.0)
   c.sample.sampler = "ddpm"        # "ddpm" or "ddim".
   c.sample.respacing = ""          # "" = all T steps; "100", "10,10,3,2,2", "ddim50".
@@ -146,5 +149,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
       _fail(f"train.{name}", t[name], "it must be at least 1.")
   if t.sample_every < 0:
     _fail("train.sample_every", t.sample_every, "it must be 0 (off) or positive.")
+  if not (math.isfinite(t.sample_guidance) and t.sample_guidance >= 0):
+    _fail("train.sample_guidance", t.sample_guidance, "it must be a finite number >= 0.")
   if not d.prompt_templates:
     _fail("data.prompt_templates", d.prompt_templates, "give at least one template, e.g. ('{name}',).")

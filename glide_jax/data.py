@@ -77,6 +77,23 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
+def class_words(name: str, label_names: Sequence[str]) -> tuple[str, ...]:
+  """Words for prompts: digit words for digit datasets, else the TFDS label names with spaces."""
+  if name in ("mnist", "kmnist", "emnist/mnist") or list(label_names) == [str(i) for i in range(10)]:
+    return DIGIT_WORDS
+  return tuple(n.replace("_", " ") for n in label_names)
+
+
+def class_names_of(data_config) -> tuple[str, ...]:
+  """The class words of config.data's dataset, from its metadata alone (no examples are read)."""
+  import tensorflow_datasets as tfds
+  data_dir = resolve_data_dir(data_config.data_dir)
+  if not os.path.isdir(os.path.join(data_dir, data_config.name)):
+    raise _missing_dataset_error(data_config.name, data_dir)
+  builder = tfds.builder(data_config.name, data_dir=data_dir)
+  return class_words(data_config.name, builder.info.features["label"].names)
+
+
 @functools.lru_cache(maxsize=8)
 def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32) -> ImageDataset:
   """Reads a TFDS split into memory (cached per process), resized to image_size."""
@@ -100,11 +117,7 @@ def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32) 
   labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
   if images.ndim == 3:
     images = images[..., None]
-  names = builder.info.features["label"].names
-  if name in ("mnist", "kmnist", "emnist/mnist") or names == [str(i) for i in range(10)]:
-    class_names = DIGIT_WORDS
-  else:
-    class_names = tuple(n.replace("_", " ") for n in names)
+  class_names = class_words(name, builder.info.features["label"].names)
   return ImageDataset(resize_images(images, image_size), labels, class_names)
 
 

@@ -74,7 +74,8 @@ class Experiment:
   def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
     if checkpointer.latest_step() is None:
       return self.init_fn()
-    state, _ = checkpointer.restore(self.abstract_state)
+    state, saved_config = checkpointer.restore(self.abstract_state)
+    ckpt_lib.check_same_model(saved_config, self.config, checkpointer.directory)
     return state
 
   def train_step_fn(self):
@@ -95,6 +96,29 @@ def _progress_bar(start: int, total: int):
   return tqdm(initial=start, total=total, desc="train", unit="step", dynamic_ncols=True)
 
 
+class TrainingSampler:
+  """Writes a one-per-class sample grid (EMA parameters) to workdir/samples and TensorBoard."""
+
+  def __init__(self, exp: Experiment, class_names, workdir: str):
+    from glide_jax.sampling import GuidedSampler
+    c = exp.config
+    self.exp, self.prompts = exp, list(class_names)
+    self.sampler = GuidedSampler(exp.model, exp.diffusion, "ddpm", c.train.sample_respacing, 0.0,
+                                 exp.tokenizer.pad_id, exp.mesh)
+    self.out_dir = os.path.join(workdir, "samples")
+
+  def __call__(self, state: TrainState, step: int, writer: MetricWriter) -> None:
+    from glide_jax import images as images_lib
+    from glide_jax.sample_main import sample_grid
+    grid = sample_grid(self.exp, state.ema_params, self.prompts, [self.exp.config.train.sample_guidance], 1,
+                       jax.random.key(self.exp.config.seed), self.sampler)
+    image = images_lib.make_grid(grid[:, 0, 0], rows=1, cols=len(self.prompts))
+    if jax.process_index() == 0:
+      os.makedirs(self.out_dir, exist_ok=True)
+      images_lib.save_png(os.path.join(self.out_dir, f"train_step_{step:07d}.png"), image)
+      writer.write_image(step, "samples", image)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from the latest checkpoint in workdir) until config.train.num_steps; returns the state."""
   workdir = prepare_workdir(workdir)
@@ -108,6 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if start and jax.process_index() == 0:
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
   step_fn = exp.train_step_fn()
+  sampler = TrainingSampler(exp, batches.dataset.class_names, workdir) if t.sample_every else None
   train_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)
@@ -130,6 +155,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
                           steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
         pending, window_start = [], time.perf_counter()
+      if sampler is not None and (done % t.sample_every == 0 or done == t.num_steps):
+        sampler(state, done, writer)
+        window_start = time.perf_counter()
       if bar is not None:
         bar.update(1)
   finally:

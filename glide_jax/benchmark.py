@@ -1,0 +1,84 @@
+"""Speed and memory of a config: python -m glide_jax.benchmark --config=configs/mnist_cpu.py [--batch=32].
+
+Prints compile time, median train-step time, images/s, peak resident memory, XLA's FLOP count per step
+and the achieved FLOP/s (and, once available, sampling step time); writes the figures as JSON.
+"""
+
+from __future__ import annotations
+
+from glide_jax.host_devices import use_all_cpu_cores
+
+if __name__ == "__main__":
+  use_all_cpu_cores()  # Like main.py, before JAX starts (GLIDE_HOST_DEVICES=0 keeps one CPU device).
+
+import json
+import resource
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from glide_jax import sharding as sharding_lib
+from glide_jax.train import Experiment
+
+config_flags.DEFINE_config_file("config", "configs/mnist_cpu.py", "Config file to benchmark.")
+BATCH = flags.DEFINE_multi_integer("batch", None, "Global batch size(s) to time (default: the config's).")
+STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after the warm-up step.")
+OUT = flags.DEFINE_string("json", "", "Where to write the JSON results (default: print only).")
+
+
+def peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def time_train_step(config, batch_size: int, steps: int) -> dict:
+  config.train.batch_size = batch_size
+  exp = Experiment.from_config(config)
+  sharding_lib.check_batch_divisible(batch_size, exp.mesh)
+  batches = exp.batch_source()
+  state = exp.init_fn()
+  rng = jax.random.key(0)
+  batch = sharding_lib.put_batch(batches(0), exp.mesh)
+  step_fn = exp.train_step_fn()
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch, rng).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  state, metrics = compiled(state, batch, rng)  # warm-up
+  jax.block_until_ready(metrics)
+  times = []
+  for step in range(1, steps + 1):
+    batch = sharding_lib.put_batch(batches(step), exp.mesh)
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  return {"batch": batch_size, "devices": exp.mesh.size, "dtype": config.model.dtype, "compile_s": compile_s,
+          "train_step_s": step_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
+          "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb()}
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  results = []
+  for batch in BATCH.value or [config.train.batch_size]:
+    results.append(time_train_step(config.copy_and_resolve_references(), batch, STEPS.value))
+    r = results[-1]
+    print(f"batch {r['batch']:4d} | devices {r['devices']} | {r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
+          f"step {r['train_step_s']:7.3f} s | {r['images_per_s']:7.1f} img/s | "
+          f"{r['flops_per_step'] / 1e9:8.1f} GFLOP/step | {r['achieved_gflops']:6.1f} GFLOP/s | "
+          f"peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+  if OUT.value:
+    with open(OUT.value, "w") as f:
+      json.dump({"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+                 "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+  app.run(main)
