@@ -25,6 +25,9 @@ from glide_jax.train import Experiment
 
 config_flags.DEFINE_config_file("config", "configs/mnist_cpu.py", "Config file to benchmark.")
 BATCH = flags.DEFINE_multi_integer("batch", None, "Global batch size(s) to time (default: the config's).")
+SAMPLE_BATCH = flags.DEFINE_multi_integer("sample_batch", [], "Numbers of samples to time guided sampling for.")
+SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 10, "Respaced sampling steps per timed sampling call.")
+SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Time sampling only.")
 STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after the warm-up step.")
 OUT = flags.DEFINE_string("json", "", "Where to write the JSON results (default: print only).")
 
@@ -63,21 +66,50 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
           "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb()}
 
 
+def time_sampling(config, num_samples: int, steps: int, repeats: int = 2) -> dict:
+  """Seconds per guided sampling step (one batched forward pass on 2·num_samples rows)."""
+  from glide_jax.sampling import GuidedSampler
+  exp = Experiment.from_config(config)
+  params = exp.init_fn().ema_params
+  sampler = GuidedSampler(exp.model, exp.diffusion, "ddpm", str(steps), 0.0, exp.tokenizer.pad_id, exp.mesh)
+  tokens, mask = exp.tokenizer.tokenize_batch(["7"] * num_samples, config.model.text_ctx)
+  scales = np.full((num_samples,), 4.0, np.float32)
+  t0 = time.perf_counter()
+  jax.block_until_ready(sampler(params, tokens, mask, scales, jax.random.key(0)))
+  first_s = time.perf_counter() - t0
+  times = []
+  for i in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(sampler(params, tokens, mask, scales, jax.random.key(i + 1)))
+    times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times)) / steps
+  return {"samples": num_samples, "devices": exp.mesh.size, "dtype": config.model.dtype,
+          "compile_and_first_call_s": first_s, "sample_step_s": step_s,
+          "samples_per_s_1000_steps": num_samples / (step_s * 1000), "peak_rss_gb": peak_rss_gb()}
+
+
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  results = []
-  for batch in BATCH.value or [config.train.batch_size]:
+  results, sampling = [], []
+  for batch in ([] if SKIP_TRAIN.value else BATCH.value or [config.train.batch_size]):
     results.append(time_train_step(config.copy_and_resolve_references(), batch, STEPS.value))
     r = results[-1]
     print(f"batch {r['batch']:4d} | devices {r['devices']} | {r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
           f"step {r['train_step_s']:7.3f} s | {r['images_per_s']:7.1f} img/s | "
           f"{r['flops_per_step'] / 1e9:8.1f} GFLOP/step | {r['achieved_gflops']:6.1f} GFLOP/s | "
           f"peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+  for n in SAMPLE_BATCH.value:
+    sampling.append(time_sampling(config.copy_and_resolve_references(), n, SAMPLE_STEPS.value))
+    r = sampling[-1]
+    print(f"sample {r['samples']:3d} | devices {r['devices']} | {r['dtype']:8s} | "
+          f"first call {r['compile_and_first_call_s']:6.1f} s | step {r['sample_step_s']:7.3f} s | "
+          f"{r['samples_per_s_1000_steps']:7.3f} samples/s at 1000 steps | peak RSS {r['peak_rss_gb']:.2f} GB",
+          flush=True)
   if OUT.value:
     with open(OUT.value, "w") as f:
       json.dump({"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
-                 "results": results}, f, indent=1)
+                 "train": results, "sampling": sampling}, f, indent=1)
 
 
 if __name__ == "__main__":
