@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -27,7 +28,8 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True)
+        max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+        cleanup_tmp_directories=not read_only)  # Partial saves of a killed run are removed, never read.
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
 
   def latest_step(self) -> Optional[int]:
@@ -49,6 +51,25 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
     return restored["state"], restored["config"]
+
+  def restore_latest_readable(self, abstract_state: Any) -> tuple[Any, dict]:
+    """Restores the newest checkpoint that reads back; a damaged one is reported and skipped.
+
+    Never falls back to a fresh start: if every checkpoint is damaged, that is an error.
+    """
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        return self.restore(abstract_state, step)
+      except UserError:
+        raise
+      except Exception as e:  # Orbax/TensorStore raise many types for truncated or corrupted files.
+        reason = " ".join(str(e).split())[:300]
+        failures.append(f"step {step}: {type(e).__name__}: {reason}")
+        warnings.warn(f"Checkpoint at step {step} in {self.directory} is damaged and was skipped "
+                      f"({type(e).__name__}: {reason}).", stacklevel=2)
+    raise UserError(f"Every checkpoint in {self.directory} is damaged ({'; '.join(failures)}). Nothing was "
+                    f"deleted; move the directory away to start from scratch.")
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

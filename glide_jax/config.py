@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.max_nonfinite_steps = 20  # Stop after this many consecutive non-finite steps (each is skipped).
   c.train.sample_every = 0         # Steps between sample grids in the workdir and TensorBoard; 0 = never.
   c.train.sample_guidance = 4.0    # Guidance scale of those grids (one sample per class).
   c.train.sample_respacing = "50"  # Fast respaced sampler for them.
@@ -144,7 +145,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail("train.ema_decay", t.ema_decay, "it must be in [0, 1).")
   if t.grad_clip <= 0:
     _fail("train.grad_clip", t.grad_clip, "it must be positive.")
-  for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+  for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
     if t[name] < 1:
       _fail(f"train.{name}", t[name], "it must be at least 1.")
   if t.sample_every < 0:

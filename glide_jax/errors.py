@@ -10,3 +10,7 @@ class UserError(Exception):
 
 class ConfigError(UserError):
   """An invalid configuration value."""
+
+
+class TrainingDivergedError(UserError):
+  """Training stopped after too many consecutive non-finite steps; the last checkpoint is kept."""

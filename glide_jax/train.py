@@ -16,9 +16,10 @@ from glide_jax import data as data_lib
 from glide_jax import sharding as sharding_lib
 from glide_jax.config import validate_config
 from glide_jax.diffusion import GaussianDiffusion
-from glide_jax.errors import UserError
+from glide_jax.errors import TrainingDivergedError, UserError
 from glide_jax.metrics_writer import MetricWriter
 from glide_jax.model import Text2ImUNet, create_model
+from glide_jax.preemption import PreemptionGuard
 from glide_jax.tokenizer import Tokenizer, get_tokenizer
 from glide_jax.train_step import TrainState, make_optimizer, make_sharded_init, make_sharded_train_step
 
@@ -72,9 +73,10 @@ class Experiment:
                                  read_only=read_only)
 
   def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
+    """The latest readable checkpoint (older ones if the latest is damaged), or a fresh state if none."""
     if checkpointer.latest_step() is None:
       return self.init_fn()
-    state, saved_config = checkpointer.restore(self.abstract_state)
+    state, saved_config = checkpointer.restore_latest_readable(self.abstract_state)
     ckpt_lib.check_same_model(saved_config, self.config, checkpointer.directory)
     return state
 
@@ -119,8 +121,18 @@ class TrainingSampler:
       writer.write_image(step, "samples", image)
 
 
+def _summarize(pending: list[dict[str, jax.Array]], seconds: float) -> dict[str, float]:
+  summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+  summary["nonfinite"] *= len(pending)  # A count per logging window, not a fraction.
+  summary["steps_per_sec"] = len(pending) / seconds
+  return summary
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming from the latest checkpoint in workdir) until config.train.num_steps; returns the state."""
+  """Trains (resuming from the latest checkpoint in workdir) until config.train.num_steps; returns the state.
+
+  SIGTERM or SIGINT finishes the current step, saves a checkpoint there and returns early.
+  """
   workdir = prepare_workdir(workdir)
   exp = Experiment.from_config(config)
   t = config.train
@@ -129,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer = exp.checkpointer(workdir)
   state = exp.restore_or_init(checkpointer)
   start = int(jax.device_get(state.step))
-  if start and jax.process_index() == 0:
+  is_main = jax.process_index() == 0
+  if start and is_main:
     print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
   step_fn = exp.train_step_fn()
   sampler = TrainingSampler(exp, batches.dataset.class_names, workdir) if t.sample_every else None
@@ -137,29 +150,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)
   pending: list[dict[str, jax.Array]] = []
+  last_streak = state.nonfinite_streak.copy()  # (The state itself is donated to the step.)
   window_start = time.perf_counter()
   try:
-    for step in range(start, t.num_steps):
-      batch = sharding_lib.put_batch(batches(step), exp.mesh)
-      state, metrics = step_fn(state, batch, train_rng)
-      pending.append(metrics)
-      done = step + 1
-      if done % t.checkpoint_every == 0 or done == t.num_steps:
-        checkpointer.save(done, state, config)
-      if done % t.log_every == 0 or done == t.num_steps:
-        summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-        elapsed = time.perf_counter() - window_start
-        summary["steps_per_sec"] = len(pending) / elapsed
-        writer.write_scalars(done, summary)
+    with PreemptionGuard() as guard:
+      for step in range(start, t.num_steps):
+        batch = sharding_lib.put_batch(batches(step), exp.mesh)
+        state, metrics = step_fn(state, batch, train_rng)
+        # The previous step's streak is read after this step is dispatched, so the check never stalls.
+        streak, last_streak = last_streak, metrics.pop("nonfinite_streak")
+        if int(streak) >= t.max_nonfinite_steps:
+          raise TrainingDivergedError(
+              f"The loss or gradients were not finite for {int(streak)} steps in a row (up to step {step}); "
+              f"those steps were skipped and training stopped. The last checkpoint in "
+              f"{checkpointer.directory} (step {checkpointer.latest_step()}) is kept. Lower "
+              f"config.train.learning_rate or check the data, then rerun to resume from it.")
+        pending.append(metrics)
+        done = step + 1
+        if guard.should_stop(done):
+          checkpointer.save(done, state, config)
+          checkpointer.wait()
+          if is_main:
+            print(f"Stopped by {guard.reason} after step {done}: checkpoint saved in {checkpointer.directory}; "
+                  f"rerun the same command to resume.", flush=True)
+          break
+        if done % t.checkpoint_every == 0 or done == t.num_steps:
+          checkpointer.save(done, state, config)
+        if done % t.log_every == 0 or done == t.num_steps:
+          summary = _summarize(pending, time.perf_counter() - window_start)
+          writer.write_scalars(done, summary)
+          if bar is not None:
+            bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
+                            steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
+          pending, window_start = [], time.perf_counter()
+        if sampler is not None and (done % t.sample_every == 0 or done == t.num_steps):
+          sampler(state, done, writer)
+          window_start = time.perf_counter()
         if bar is not None:
-          bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
-                          steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
-        pending, window_start = [], time.perf_counter()
-      if sampler is not None and (done % t.sample_every == 0 or done == t.num_steps):
-        sampler(state, done, writer)
-        window_start = time.perf_counter()
-      if bar is not None:
-        bar.update(1)
+          bar.update(1)
   finally:
     if bar is not None:
       bar.close()

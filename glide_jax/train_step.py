@@ -23,6 +23,7 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+  nonfinite_streak: jax.Array  # Consecutive steps skipped for a non-finite loss or gradient.
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -44,7 +45,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 def init_train_state(model: Text2ImUNet, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   params = init_params(model, rng)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=optimizer.init(params))
+                    opt_state=optimizer.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
 
 
 def drop_conditioning(rng: jax.Array, tokens: jax.Array, mask: jax.Array, p_uncond: float,
@@ -81,17 +82,30 @@ def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch
 def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Array, *, model: Text2ImUNet,
                diffusion: GaussianDiffusion, optimizer: optax.GradientTransformation,
                config: ml_collections.ConfigDict, pad_id: int) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update. The step's randomness is fold_in(base_rng, step), so it never depends on history."""
+  """One update. The step's randomness is fold_in(base_rng, step), so it never depends on history.
+
+  A step whose loss or gradient is not finite changes nothing but the step counter and the streak of
+  such steps (metrics["nonfinite"] = 1).
+  """
   rng = jax.random.fold_in(base_rng, state.step)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, model, diffusion, batch, rng, config.train.p_uncond, pad_id)
+  (loss, metrics), grads = grad_fn(state.params, model, diffusion, batch, rng, config.train.p_uncond, pad_id)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, config.train.ema_decay)
   ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  keep_if_bad = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  metrics["grad_norm"] = grad_norm
   metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
-  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+  metrics["nonfinite"] = (~finite).astype(jnp.float32)
+  streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+  metrics["nonfinite_streak"] = streak
+  new_state = TrainState(
+      step=state.step + 1, params=keep_if_bad(params, state.params),
+      ema_params=keep_if_bad(ema_params, state.ema_params), opt_state=keep_if_bad(opt_state, state.opt_state),
+      nonfinite_streak=streak)
   return new_state, metrics
 
 
