@@ -1,0 +1,154 @@
+"""--mode=sample: the guidance sweep from a trained tiny checkpoint, its files, and its user errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from glide_jax import data as data_lib
+from glide_jax.errors import UserError
+from glide_jax.sample_main import class_of_prompt, parse_prompts, sample_and_save
+from glide_jax.train import train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROMPTS = ["7", "seven", "3"]
+SCALES = (0.0, 2.0)
+K = 2
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def sample_config():
+  config = tiny.get_config()
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  config.sample.prompts = ",".join(PROMPTS)
+  config.sample.guidance_scales = SCALES
+  config.sample.num_per_prompt = K
+  return config
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sample_run"))
+  config = sample_config()
+  train_and_evaluate(config, workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  paths = sample_and_save(config, workdir)
+  return workdir, paths
+
+
+def test_writes_a_grid_per_scale_the_sweep_figure_and_npz(sampled):
+  workdir, paths = sampled
+  out = os.path.join(workdir, "samples")
+  assert sorted(os.listdir(out)) == ["guidance_0.png", "guidance_2.png", "guidance_sweep.png", "samples.npz"]
+  assert paths == {"grid_0": os.path.join(out, "guidance_0.png"), "grid_2": os.path.join(out, "guidance_2.png"),
+                   "figure": os.path.join(out, "guidance_sweep.png"), "npz": os.path.join(out, "samples.npz")}
+  figure = np.asarray(Image.open(paths["figure"]))
+  assert figure.ndim == 3 and figure.shape[-1] == 3
+  # At least one row per prompt and one column per scale of 16x16 cells, zoomed 2x.
+  assert figure.shape[0] > len(PROMPTS) * 32 and figure.shape[1] > len(SCALES) * K * 32
+
+
+def test_npz_contents(sampled):
+  _, paths = sampled
+  with np.load(paths["npz"]) as f:
+    data = {k: f[k] for k in f.files}
+  n = len(PROMPTS) * len(SCALES) * K
+  images = data["images"]
+  assert images.dtype == np.uint8 and images.shape == (n, 16, 16, 1)
+  assert images.std() > 0  # Not a blank picture.
+  # Order: prompt-major, then scale, then repeat.
+  assert data["prompts"].tolist() == ["7"] * 4 + ["seven"] * 4 + ["3"] * 4
+  assert data["digits"].tolist() == [7] * 4 + [7] * 4 + [3] * 4
+  assert data["guidance"].tolist() == [0.0, 0.0, 2.0, 2.0] * 3
+  assert int(data["step"]) == 2
+  # The K repeats of one (prompt, scale) start from different noise.
+  for i in range(0, n, K):
+    assert np.any(images[i] != images[i + 1])
+
+
+def test_grid_pngs_hold_the_npz_images(sampled):
+  _, paths = sampled
+  with np.load(paths["npz"]) as f:
+    images = f["images"].reshape(len(PROMPTS), len(SCALES), K, 16, 16)
+  pad = 2
+  for j, scale in enumerate(SCALES):
+    grid = np.asarray(Image.open(paths[f"grid_{scale:g}"]))
+    # K rows (repeats) by P columns (prompts), 2-pixel white padding.
+    assert grid.dtype == np.uint8 and grid.shape == (K * (16 + pad) + pad, len(PROMPTS) * (16 + pad) + pad)
+    for r in range(K):
+      for c in range(len(PROMPTS)):
+        y, x = pad + r * (16 + pad), pad + c * (16 + pad)
+        np.testing.assert_array_equal(grid[y:y + 16, x:x + 16], images[c, j, r])
+    assert np.all(grid[:pad] == 255) and np.all(grid[:, :pad] == 255)
+
+
+def test_class_of_prompt():
+  assert class_of_prompt("7", CLASS_NAMES) == 7
+  assert class_of_prompt(" Seven ", CLASS_NAMES) == 7
+  assert class_of_prompt("zero", CLASS_NAMES) == 0
+  assert class_of_prompt("a cat", CLASS_NAMES) == -1
+  assert class_of_prompt("77", CLASS_NAMES) == -1
+  assert class_of_prompt("", CLASS_NAMES) == -1
+
+
+def test_no_checkpoint_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="No checkpoint"):
+    sample_and_save(sample_config(), str(tmp_path))
+  assert not os.path.exists(tmp_path / "samples")
+
+
+def test_missing_workdir_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    sample_and_save(sample_config(), str(tmp_path / "nowhere"))
+
+
+def test_parse_prompts(tmp_path):
+  config = tiny.get_config()
+  assert parse_prompts(config, CLASS_NAMES) == list(CLASS_NAMES)  # Default: one prompt per class.
+  config.sample.prompts = " 7 , seven,,3 "
+  assert parse_prompts(config, CLASS_NAMES) == ["7", "seven", "3"]
+  path = tmp_path / "prompts.txt"
+  path.write_text("a seven\n\n  three  \nnumber 1\n", encoding="utf-8")
+  config.sample.prompt_file = str(path)
+  assert parse_prompts(config, CLASS_NAMES) == ["a seven", "three", "number 1"]  # The file wins.
+
+
+def test_parse_prompts_errors(tmp_path):
+  config = tiny.get_config()
+  config.sample.prompts = " , "
+  with pytest.raises(UserError, match="holds no prompt"):
+    parse_prompts(config, CLASS_NAMES)
+  path = tmp_path / "bad.txt"
+  path.write_bytes(b"\xff\xfe\x00bad")
+  config.sample.prompt_file = str(path)
+  with pytest.raises(UserError, match="is not UTF-8") as info:
+    parse_prompts(config, CLASS_NAMES)
+  assert str(path) in str(info.value)
+  path.write_text(" \n\n", encoding="utf-8")
+  with pytest.raises(UserError, match="has no prompts"):
+    parse_prompts(config, CLASS_NAMES)
+  config.sample.prompt_file = str(tmp_path / "missing.txt")
+  with pytest.raises(UserError, match="Cannot read the prompt file"):
+    parse_prompts(config, CLASS_NAMES)
+
+
+def test_class_names_of_mnist():
+  assert data_lib.class_names_of(tiny.get_config().data) == CLASS_NAMES
+
+
+def test_main_sample_without_checkpoint_exits_2_with_one_paragraph(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+       f"--workdir={tmp_path}", "--mode=sample"],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  error = result.stderr[result.stderr.index("error:"):].strip()
+  assert "No checkpoint" in error and str(tmp_path) in error
+  assert "\n\n" not in error and len(error.splitlines()) == 1, error
+  assert not os.path.exists(tmp_path / "samples")
