@@ -11,8 +11,8 @@ def get_config():
   config.model.xf_width = 64
   config.model.xf_layers = 2
   config.model.xf_heads = 4
-  config.train.batch_size = 64
-  config.train.num_steps = 6000
+  config.train.batch_size = 32
+  config.train.num_steps = 4000
   config.train.sample_every = 500
   config.train.ema_decay = 0.999
   config.train.checkpoint_every = 500

@@ -149,9 +149,10 @@ class UNet(nn.Module):
           ds //= 2
         block += 1
 
-    h = GroupNorm32(self.num_groups, swish=True, name="out_norm")(h)
-    h = conv(self.out_channels, 3, self.dtype, "out_conv", zero_init=True)(h)
-    return h.astype(jnp.float32)
+    # GLIDE casts back to the input dtype (float32) before `out`, so the final norm and conv run in float32.
+    h = GroupNorm32(self.num_groups, swish=True, name="out_norm")(h.astype(jnp.float32))
+    h = conv(self.out_channels, 3, jnp.float32, "out_conv", zero_init=True)(h)
+    return h
 
   def _downsample(self, h, emb, train, name, res):
     if self.resblock_updown:
