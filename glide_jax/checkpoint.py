@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import ml_collections
@@ -27,6 +27,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = read_only
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
         cleanup_tmp_directories=not read_only)  # Partial saves of a killed run are removed, never read.
@@ -43,33 +44,65 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
-    """(state laid out as `abstract_state`'s shardings, the saved config as a dict) at `step` or the latest."""
+  def restore(self, abstract_state: Any, step: Optional[int] = None,
+              check_config: Optional[Callable[[dict], None]] = None) -> tuple[Any, dict]:
+    """(state laid out as `abstract_state`'s shardings, the saved config as a dict) at `step` or the latest.
+
+    `check_config(saved_config)` runs before the state is read, so a checkpoint of another model is
+    reported by it (a UserError naming the fields) rather than as a shape mismatch.
+    """
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"No checkpoint in {self.directory}: train first with --mode=train and the same --workdir.")
+    if check_config is not None:
+      check_config(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
     return restored["state"], restored["config"]
 
-  def restore_latest_readable(self, abstract_state: Any) -> tuple[Any, dict]:
+  def restore_latest_readable(self, abstract_state: Any,
+                              check_config: Optional[Callable[[dict], None]] = None) -> tuple[Any, dict]:
     """Restores the newest checkpoint that reads back; a damaged one is reported and skipped.
 
+    Damaged checkpoints newer than the one restored are moved (never deleted) to
+    `<workdir>/damaged_checkpoints` unless read-only, so training can save those steps again.
     Never falls back to a fresh start: if every checkpoint is damaged, that is an error.
     """
-    failures = []
+    failures, damaged = [], []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        return self.restore(abstract_state, step)
+        restored = self.restore(abstract_state, step, check_config)
       except UserError:
         raise
       except Exception as e:  # Orbax/TensorStore raise many types for truncated or corrupted files.
         reason = " ".join(str(e).split())[:300]
         failures.append(f"step {step}: {type(e).__name__}: {reason}")
+        damaged.append(step)
         warnings.warn(f"Checkpoint at step {step} in {self.directory} is damaged and was skipped "
                       f"({type(e).__name__}: {reason}).", stacklevel=2)
+        continue
+      self._set_aside(damaged)
+      return restored
     raise UserError(f"Every checkpoint in {self.directory} is damaged ({'; '.join(failures)}). Nothing was "
                     f"deleted; move the directory away to start from scratch.")
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves the given step directories to <workdir>/damaged_checkpoints (else a save at that step fails)."""
+    if self.read_only or not steps:
+      return
+    aside = os.path.join(os.path.dirname(self.directory), "damaged_checkpoints")
+    if jax.process_index() == 0:  # The checkpoint directory is shared by every process.
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target, n = os.path.join(aside, str(step)), 1
+        while os.path.exists(target):
+          target, n = os.path.join(aside, f"{step}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(step)), target)
+        warnings.warn(f"Moved the damaged checkpoint at step {step} to {target}.", stacklevel=3)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("glide_jax_damaged_checkpoints_moved")
+    self.manager.reload()
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -51,7 +51,11 @@ def class_of_prompt(prompt: str, class_names: Sequence[str]) -> int:
 
 
 def check_guidance_scales(scales: Sequence[float]) -> list[float]:
-  scales = [float(s) for s in scales]
+  try:
+    scales = [float(s) for s in scales]
+  except (TypeError, ValueError):
+    raise UserError(f"config.sample.guidance_scales = {tuple(scales)!r} is invalid: give numbers, "
+                    f"e.g. --config.sample.guidance_scales='(0., 1., 4.)'.") from None
   if not scales:
     raise UserError("config.sample.guidance_scales is empty: give at least one scale, e.g. (0., 1., 4.).")
   bad = [s for s in scales if not np.isfinite(s) or s < 0]

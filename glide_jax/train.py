@@ -76,8 +76,8 @@ class Experiment:
     """The latest readable checkpoint (older ones if the latest is damaged), or a fresh state if none."""
     if checkpointer.latest_step() is None:
       return self.init_fn()
-    state, saved_config = checkpointer.restore_latest_readable(self.abstract_state)
-    ckpt_lib.check_same_model(saved_config, self.config, checkpointer.directory)
+    check = lambda saved: ckpt_lib.check_same_model(saved, self.config, checkpointer.directory)
+    state, _ = checkpointer.restore_latest_readable(self.abstract_state, check)
     return state
 
   def train_step_fn(self):
