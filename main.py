@@ -1,4 +1,4 @@
-"""glide-jax entry point: python main.py --config=configs/mnist.py --workdir=DIR [--mode=train|sample]."""
+"""glide-jax entry point: python main.py --config=configs/mnist.py --workdir=DIR [--mode=train|sample|eval|train_classifier]."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-MODE = flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "train_classifier"],
+                         "What to do: train, sample (guidance sweep), eval (sample quality per guidance scale), "
+                         "train_classifier (train and cache the classifier eval uses).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=value.",
                                 lock_config=True)
 COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a manual multi-host launch.")
@@ -46,6 +48,14 @@ def main(argv):
     elif MODE.value == "sample":
       from glide_jax.sample_main import sample_and_save
       sample_and_save(config, FLAGS.value)
+    elif MODE.value == "eval":
+      from glide_jax.evaluation import evaluate
+      evaluate(config, FLAGS.value)
+    elif MODE.value == "train_classifier":
+      from glide_jax.classifier import get_or_train_classifier
+      from glide_jax.config import validate_config
+      validate_config(config)
+      get_or_train_classifier(config)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -61,9 +71,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     flags.FLAGS.config.keys()  # The config file is loaded (and overrides applied) lazily: surface errors here.
     return rest
   except Exception as e:  # Unknown or ill-typed --config.* keys surface as several exception types.
-    message = " ".join(str(e).split()).strip("\"'")
+    message = " ".join(str(e).split())
+    if len(message) > 1 and message[0] == message[-1] and message[0] in "\"'":
+      message = message[1:-1]  # KeyError quotes its message.
     if isinstance(e, (KeyError, AttributeError)):
-      message = f"unknown config field {message!r}"
+      message = f"unknown config field '{message.strip(chr(34) + chr(39))}'"
     elif isinstance(e, OSError) or isinstance(e.__cause__, OSError):
       message = f"cannot load the --config file ({' '.join(str(e.__cause__ or e).split())})"
     print(f"error: bad command-line flag or config override: {message}. The fields and their types are those "

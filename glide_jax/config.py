@@ -78,6 +78,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.use_ema = True
   c.sample.batch_size = 64
 
+  c.eval = ml_collections.ConfigDict()    # --mode=eval and --mode=train_classifier.
+  c.eval.samples_per_digit = 100   # Samples per class prompt and guidance scale (config.sample.guidance_scales).
+  c.eval.batch_size = 500          # Images per classifier forward pass.
+  c.eval.classifier_dir = ""       # "" = $GLIDE_CACHE_DIR (else ~/.cache/glide_jax)/classifiers/<dataset>_<size>px.
+  c.eval.classifier_train_split = "train"  # It is scored on data.test_split.
+  c.eval.classifier_steps = 1000   # About 2 epochs of MNIST at batch 128.
+  c.eval.classifier_batch_size = 128
+  c.eval.classifier_learning_rate = 2e-3
+  c.eval.classifier_augment = True  # Random shifts of up to 2 pixels (at 32x32).
+
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1,)             # Sizes of the mesh axes ("data",); -1 = all remaining devices.
   return c
@@ -154,3 +164,22 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     _fail("train.sample_guidance", t.sample_guidance, "it must be a finite number >= 0.")
   if not d.prompt_templates:
     _fail("data.prompt_templates", d.prompt_templates, "give at least one template, e.g. ('{name}',).")
+  if "eval" in c:
+    _validate_eval(c.eval)
+
+
+def _validate_eval(e: ml_collections.ConfigDict) -> None:
+  """config.eval: sample counts and the evaluation classifier's training settings."""
+  for name, least in (("samples_per_digit", 2), ("batch_size", 1), ("classifier_steps", 1),
+                      ("classifier_batch_size", 1)):
+    value = e[name]
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+      why = " (the diversity figure compares samples of one class pairwise)" if name == "samples_per_digit" else ""
+      _fail(f"eval.{name}", value, f"it must be an integer >= {least}{why}.")
+  lr = e.classifier_learning_rate
+  if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    _fail("eval.classifier_learning_rate", lr, "it must be a positive number.")
+  if not isinstance(e.classifier_dir, str):
+    _fail("eval.classifier_dir", e.classifier_dir, "it must be a directory path, or '' for the default cache.")
+  if not (isinstance(e.classifier_train_split, str) and e.classifier_train_split.strip()):
+    _fail("eval.classifier_train_split", e.classifier_train_split, "give a TFDS split such as 'train'.")
