@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from helpers.trees import assert_trees_equal
 from glide_jax import checkpoint as ckpt_lib
 from glide_jax import data as data_lib
 from glide_jax import sharding as sharding_lib
@@ -132,14 +133,6 @@ def assert_nothing_removed_or_changed(before, after):
   missing = sorted(set(before) - set(after))
   changed = sorted(k for k in before if k in after and before[k] != after[k])
   assert not missing and not changed, f"deleted: {missing[:10]}, changed: {changed[:10]}"
-
-
-def assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def restore_checkpoint(config, workdir, step=None):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from helpers.trees import assert_trees_equal
 from glide_jax.train import train_and_evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,14 +19,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def read_metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
-
-
-def assert_trees_equal(a, b):
-  leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-  leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-  assert tree_a == tree_b
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_loss_falls_on_mnist(tmp_path):
