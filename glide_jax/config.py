@@ -89,7 +89,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.classifier_augment = True  # Random shifts of up to 2 pixels (at 32x32).
 
   c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1,)             # Sizes of the mesh axes ("data",); -1 = all remaining devices.
+  # Sizes of the mesh axes (data, fsdp); -1 = all remaining devices. The batch is split over both axes;
+  # fsdp > 1 also splits parameters, EMA and optimizer state over that axis (for models too big to replicate).
+  c.mesh.shape = (-1, 1)
   return c
 
 

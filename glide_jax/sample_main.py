@@ -76,7 +76,7 @@ def sample_in_batches(sampler: GuidedSampler, params: Any, tokens: np.ndarray, m
     pad = (-n) % num_devices
     t, m, s = (np.concatenate([a[sl], np.repeat(a[sl][-1:], pad, axis=0)]) for a in (tokens, mask, scales))
     x = sampler(params, t, m, s, jax.random.fold_in(rng, i))
-    outputs.append(np.asarray(jax.device_get(x))[:n])
+    outputs.append(sharding_lib.to_host(x)[:n])
   return np.concatenate(outputs)
 
 

@@ -1,6 +1,10 @@
-"""Runs a few tiny-config steps on an 8-device mesh and on 1 device; prints a JSON report (see test_train)."""
+"""Runs a few tiny-config steps on several (data, fsdp) meshes and on 1 device; prints a JSON report.
+
+Usage: sharded_vs_single.py DATAxFSDP [DATAxFSDP ...]   (needs that many host devices: see test_sharding)
+"""
 
 import json
+import sys
 
 import jax
 import numpy as np
@@ -20,23 +24,41 @@ def run(mesh, config, steps=3):
   for step in range(steps):
     state, metrics = step_fn(state, sharding.put_batch(batches(step), mesh), rng)
     losses.append(float(metrics["loss"]))
-  return losses, jax.device_get(state.params)
+  return losses, state
+
+
+def layout(tree):
+  """How a pytree of arrays is laid out: bytes in all and on one device, and each leaf's partition spec."""
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {
+      "bytes": int(sum(x.nbytes for _, x in leaves)),
+      "bytes_per_device": int(sum(x.addressable_shards[0].data.nbytes for _, x in leaves)),
+      "specs": {jax.tree_util.keystr(p): str(tuple(x.sharding.spec)) for p, x in leaves},
+  }
 
 
 def main():
   config = tiny.get_config()
   config.train.batch_size = 16
   devices = jax.devices()
-  loss_sharded, params_sharded = run(sharding.make_mesh((-1, 1)), config)
-  loss_single, params_single = run(sharding.make_mesh((1, 1), devices[:1]), config)
-  diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), params_sharded, params_single)
+  loss_single, state_single = run(sharding.make_mesh((1, 1), devices[:1]), config)
+  params_single = jax.device_get(state_single.params)
+  meshes = {}
+  for arg in sys.argv[1:]:
+    shape = tuple(int(s) for s in arg.split("x"))
+    loss, state = run(sharding.make_mesh(shape), config)
+    diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
+                                   params_single)
+    meshes[arg] = {"loss": loss, "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
+                   "params": layout(state.params), "ema_params": layout(state.ema_params),
+                   "adam_mu": layout(state.opt_state[1][0].mu)}
   try:
     sharding.check_batch_divisible(12, sharding.make_mesh((-1, 1)))
     error = ""
   except UserError as e:
     error = str(e)
-  print(json.dumps({"devices": len(devices), "loss_sharded": loss_sharded, "loss_single": loss_single,
-                    "max_param_diff": max(jax.tree_util.tree_leaves(diffs)), "indivisible_error": error}))
+  print(json.dumps({"devices": len(devices), "loss_single": loss_single, "meshes": meshes,
+                    "indivisible_error": error}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,80 @@
+"""The (data, fsdp) mesh: partition rules, and training on 8 host devices against 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from glide_jax import sharding
+from glide_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MESHES = ("8x1", "4x2", "2x4")
+
+
+def test_resolve_mesh_shape():
+  assert sharding.resolve_mesh_shape((-1, 1), 8) == (8, 1)
+  assert sharding.resolve_mesh_shape((-1, 2), 8) == (4, 2)
+  assert sharding.resolve_mesh_shape((2, -1), 8) == (2, 4)
+  assert sharding.resolve_mesh_shape((-1,), 4) == (4, 1)
+  with pytest.raises(ConfigError, match="does not divide the 8 devices"):
+    sharding.resolve_mesh_shape((-1, 3), 8)
+  with pytest.raises(ConfigError, match="needs 4 devices but 8 are available"):
+    sharding.resolve_mesh_shape((2, 2), 8)
+  with pytest.raises(ConfigError, match="at most one -1"):
+    sharding.resolve_mesh_shape((-1, -1), 8)
+
+
+def test_fsdp_spec_shards_the_largest_divisible_dimension():
+  assert sharding.fsdp_spec((3, 3, 64, 128), 4) == P(None, None, None, "fsdp")
+  assert sharding.fsdp_spec((256, 96), 4) == P("fsdp", None)
+  assert sharding.fsdp_spec((255, 96), 4) == P(None, "fsdp")   # 255 does not divide: next largest.
+  assert sharding.fsdp_spec((4099,), 2) == P()                  # Nothing divides: replicated.
+  assert sharding.fsdp_spec((64,), 4) == P()                    # Small: replicated.
+  assert sharding.fsdp_spec((3, 3, 64, 128), 1) == P()          # No fsdp axis.
+
+
+@pytest.fixture(scope="module")
+def report():
+  """8 host CPU devices (in a subprocess: the flag must be set before JAX starts)."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=REPO)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers", "sharded_vs_single.py"),
+                           *MESHES], env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8
+  return out
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_mesh_matches_one_device(report, mesh):
+  run = report["meshes"][mesh]
+  np.testing.assert_allclose(run["loss"], report["loss_single"], rtol=1e-5)
+  # Adam divides by √v, so float-rounding differences in near-zero gradients move a parameter by up to a
+  # fraction of the learning rate (1e-3 here): 1e-4 is far below one step's change, far above rounding.
+  assert run["max_param_diff"] < 1e-4
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_fsdp_shards_params_ema_and_adam_state(report, mesh):
+  fsdp = int(mesh.split("x")[1])
+  run = report["meshes"][mesh]
+  for tree in ("params", "ema_params", "adam_mu"):
+    lay = run[tree]
+    sharded = [k for k, spec in lay["specs"].items() if "fsdp" in spec]
+    if fsdp == 1:
+      assert not sharded and lay["bytes_per_device"] == lay["bytes"]
+    else:
+      # Every large array is split, so each device holds little more than 1/fsdp of the bytes.
+      assert len(sharded) > 10, lay["specs"]
+      assert lay["bytes_per_device"] < 1.25 * lay["bytes"] / fsdp, (tree, lay["bytes_per_device"], lay["bytes"])
+  assert run["params"]["specs"] == run["ema_params"]["specs"] == run["adam_mu"]["specs"]
+
+
+def test_indivisible_batch_is_a_clear_error(report):
+  assert "not divisible by the 8 devices" in report["indivisible_error"]
