@@ -1,0 +1,112 @@
+"""Multi-controller training on CPU (2 processes x 2 devices over gloo against 1 process x 4 devices),
+and a checkpoint written on 8 devices restored on this process's device(s)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from helpers.multiprocess_train import make_config
+from glide_jax.train import Experiment, train_and_evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HELPER = os.path.join(REPO, "tests", "helpers", "multiprocess_train.py")
+TIMEOUT_S = 480  # Per launch; about a minute each on an idle 2-core machine.
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def launch(workdir, num_steps, num_processes, devices_per_process, mesh="-1x1"):
+  """Runs every process of one job to completion (killing them all on a timeout); returns their outputs."""
+  port = free_port()
+  env = dict(os.environ, PYTHONPATH=REPO)
+  procs = [subprocess.Popen([sys.executable, HELPER, str(workdir), str(num_steps), str(num_processes), str(i),
+                             str(port), str(devices_per_process), mesh], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(num_processes)]
+  try:
+    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-3000:]
+  return outputs
+
+
+def report(output):
+  return json.loads(output.strip().splitlines()[-1])
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r["step"] for r in rows], [r["loss"] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("multihost")
+  two, one = root / "two_processes", root / "one_process"
+  first = launch(two, 4, num_processes=2, devices_per_process=2)
+  checkpoints_after_first = sorted(os.listdir(two / "checkpoints"))
+  resumed = launch(two, 6, num_processes=2, devices_per_process=2)
+  launch(one, 6, num_processes=1, devices_per_process=4)
+  return dict(two=two, one=one, first=first, resumed=resumed, checkpoints_after_first=checkpoints_after_first)
+
+
+def test_every_process_sees_the_global_mesh(runs):
+  reports = [report(out) for out in runs["first"]]
+  assert sorted(r["process_index"] for r in reports) == [0, 1]
+  assert all(r["process_count"] == 2 and r["devices"] == 4 and r["step"] == 4 for r in reports)
+
+
+def test_loss_trajectory_matches_one_process_with_four_devices(runs):
+  steps_two, loss_two = losses(runs["two"])
+  steps_one, loss_one = losses(runs["one"])
+  assert steps_two == steps_one == [1, 2, 3, 4, 5, 6]  # Only process 0 logs: no line is written twice.
+  np.testing.assert_allclose(loss_two, loss_one, rtol=1e-5)
+
+
+def test_one_copy_of_each_checkpoint_and_outputs_from_process_zero_only(runs):
+  two = runs["two"]
+  assert runs["checkpoints_after_first"] == ["2", "4"]
+  assert sorted(os.listdir(two / "checkpoints"), key=int) == ["2", "4", "6"]
+  assert len(os.listdir(two / "tensorboard")) == 2  # One event file per launch, both from process 0.
+  assert sorted(os.listdir(two / "samples")) == [f"train_step_{s:07d}.png" for s in (2, 4, 6)]
+
+
+def test_restarting_both_processes_resumes_from_the_checkpoint(runs):
+  resumed = runs["resumed"]
+  assert "Resuming from the checkpoint at step 4" in resumed[0]
+  assert "Resuming" not in resumed[1]  # Process 1 prints nothing of its own.
+  assert all(report(out)["step"] == 6 for out in resumed)
+
+
+def test_checkpoint_from_eight_devices_restores_here_and_continues(runs, tmp_path):
+  """Saved with params and Adam state split over fsdp=2 on 8 devices; resumed on this process's mesh."""
+  launch(tmp_path, 4, num_processes=1, devices_per_process=8, mesh="4x2")
+  config = make_config(6)
+  exp = Experiment.from_config(config)
+  checkpointer = exp.checkpointer(str(tmp_path), read_only=True)
+  restored = exp.restore_or_init(checkpointer)
+  checkpointer.close()
+  assert int(restored.step) == 4
+  for leaf in jax.tree_util.tree_leaves((restored.params, restored.opt_state)):
+    assert leaf.sharding.mesh.devices.size == len(jax.devices())  # Laid out on the current mesh.
+  state = train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 6
+  steps, loss = losses(tmp_path)
+  assert steps == [1, 2, 3, 4, 5, 6]
+  # The same config and seed on any topology gives the same numbers, before and after the move.
+  np.testing.assert_allclose(loss, losses(runs["one"])[1], rtol=1e-5)
