@@ -11,8 +11,13 @@ def get_config():
   config.model.xf_width = 64
   config.model.xf_layers = 2
   config.model.xf_heads = 4
+  # MNIST prompts are at most 5 bytes ("seven"); the pooled feature is read at position text_ctx-1,
+  # so a short context means fewer pad slots between it and the prompt, and ~11% less work per step.
+  config.model.text_ctx = 16
   config.train.batch_size = 32
-  config.train.num_steps = 4000
+  config.train.num_steps = 6000
+  config.train.learning_rate = 1e-3  # A 1.8M-parameter model tolerates (and needs) a larger step than 2e-4.
+  config.train.warmup_steps = 200
   config.train.sample_every = 500
   config.train.ema_decay = 0.999
   config.train.checkpoint_every = 500
