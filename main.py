@@ -19,9 +19,20 @@ MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "train_cla
                          "train_classifier (train and cache the classifier eval uses).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=value.",
                                 lock_config=True)
-COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a manual multi-host launch.")
-NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in a manual multi-host launch.")
-PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a manual multi-host launch.")
+
+def _env_int(name: str):
+  value = os.environ.get(name)
+  return int(value) if value not in (None, "") and value.lstrip("-").isdigit() else None
+
+
+# A manual multi-host launch: these flags, or the environment variables named in their help.
+COORDINATOR = flags.DEFINE_string("coordinator_address", os.environ.get("JAX_COORDINATOR_ADDRESS"),
+                                  "host:port of process 0 for a manual multi-host launch "
+                                  "(default: $JAX_COORDINATOR_ADDRESS).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", _env_int("JAX_NUM_PROCESSES"),
+                                     "Number of processes in a manual multi-host launch (default: $JAX_NUM_PROCESSES).")
+PROCESS_ID = flags.DEFINE_integer("process_id", _env_int("JAX_PROCESS_ID"),
+                                  "This process's index in a manual multi-host launch (default: $JAX_PROCESS_ID).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -34,10 +45,18 @@ def main(argv):
 
   from glide_jax.errors import UserError
 
-  if COORDINATOR.value or NUM_PROCESSES.value:
+  if NUM_PROCESSES.value and NUM_PROCESSES.value > 1:
+    if not COORDINATOR.value or PROCESS_ID.value is None or not 0 <= PROCESS_ID.value < NUM_PROCESSES.value:
+      print(f"error: a manual multi-host launch of {NUM_PROCESSES.value} processes needs --coordinator_address="
+            f"HOST:PORT (process 0's host) and --process_id from 0 to {NUM_PROCESSES.value - 1} on every process "
+            f"(or $JAX_COORDINATOR_ADDRESS and $JAX_PROCESS_ID).", file=sys.stderr)
+      sys.exit(2)
     jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
-  elif any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "JAX_COORDINATOR_ADDRESS")):
-    jax.distributed.initialize()
+  elif NUM_PROCESSES.value is None and any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS")):
+    jax.distributed.initialize()  # Cluster auto-detection (TPU pod slices, SLURM).
+  if jax.process_count() > 1:
+    print(f"JAX process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+          f"devices, {jax.device_count()} in all.", flush=True)
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
 
   config = flags.FLAGS.config

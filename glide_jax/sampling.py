@@ -116,6 +116,7 @@ class GuidedSampler:
   def __post_init__(self):
     steps = sampling_timesteps(self.sampler, self.respacing, self.base_diffusion.num_timesteps, self.eta)
     self.diffusion = respace(self.base_diffusion, steps)
+    self._compiled: dict = {}
     mesh = self.mesh
     if mesh is None:
       self._sample = jax.jit(self._sample_impl)
@@ -151,4 +152,10 @@ class GuidedSampler:
       raise ConfigError(f"Guidance scales must be finite and >= 0, got {scales.tolist()}.")
     if self.mesh is not None:
       sharding_lib.check_batch_divisible(tokens.shape[0], self.mesh, "the sampling batch")
-    return self._sample(params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(scales), rng)
+    args = (params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(scales), rng)
+    if jax.process_count() > 1:  # Compiled on every process before any runs (see compiled_for_all_processes).
+      key = tuple((x.shape, x.dtype) for x in args[1:4])
+      if key not in self._compiled:
+        self._compiled[key] = sharding_lib.compiled_for_all_processes(self._sample, *args)
+      return self._compiled[key](*args)
+    return self._sample(*args)

@@ -6,6 +6,7 @@ EMA are also split along one dimension). The batch is split over both axes.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -97,3 +98,28 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
   from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+_barrier_count = itertools.count()
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+  """A barrier through jax.distributed's coordination service (a key-value wait, not a device collective)."""
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # The client Orbax's own barriers use; there is no public wrapper.
+  distributed.global_state.client.wait_at_barrier(f"glide_jax/{name}/{next(_barrier_count)}",
+                                                  timeout_in_ms=timeout_s * 1000)
+
+
+def compiled_for_all_processes(jitted: Any, *args: Any) -> Any:
+  """`jitted`, compiled for `args` and returned once every process has compiled it (one process: as is).
+
+  A CPU collective across processes (gloo) waits only 30 s for its peers, and one process can finish compiling
+  a train step much later than another; running the first step only after this barrier keeps them together.
+  """
+  if jax.process_count() == 1:
+    return jitted
+  compiled = jitted.lower(*args).compile()
+  wait_for_all_processes("compiled")
+  return compiled
