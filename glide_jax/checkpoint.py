@@ -28,9 +28,12 @@ class Checkpointer:
   def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.read_only = read_only
+    # Partial saves of a killed run are removed, never read. (Read-only: no retention or save interval,
+    # which Orbax would otherwise warn about overriding.)
+    writable = dict(save_interval_steps=0) if read_only else dict(max_to_keep=keep)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only, enable_async_checkpointing=True,
-        cleanup_tmp_directories=not read_only)  # Partial saves of a killed run are removed, never read.
+        create=not read_only, read_only=read_only, enable_async_checkpointing=True,
+        cleanup_tmp_directories=not read_only, **writable)
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
 
   def latest_step(self) -> Optional[int]:
