@@ -150,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)
   pending: list[dict[str, jax.Array]] = []
-  if start < t.num_steps:
+  if start < t.num_steps and jax.process_count() > 1:  # (The first batch is built only where it is needed.)
     step_fn = sharding_lib.compiled_for_all_processes(
         step_fn, state, sharding_lib.put_batch(batches(start), exp.mesh), train_rng)
   last_streak = state.nonfinite_streak.copy()  # (The state itself is donated to the step.)
