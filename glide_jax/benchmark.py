@@ -30,17 +30,39 @@ SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 10, "Respaced sampling steps
 SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Time sampling only.")
 STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after the warm-up step.")
 OUT = flags.DEFINE_string("json", "", "Where to write the JSON results (default: print only).")
+SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random images and digit prompts instead of the dataset "
+                              "(for a machine without MNIST; the step's cost does not depend on the pixels).")
 
 
 def peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def peak_device_gb() -> float | None:
+  """Peak accelerator memory in use so far (None on CPU, whose memory is the process's RSS)."""
+  stats = jax.devices()[0].memory_stats() if jax.devices()[0].platform != "cpu" else None
+  return stats["peak_bytes_in_use"] / 2 ** 30 if stats and "peak_bytes_in_use" in stats else None
+
+
+def synthetic_batches(exp: Experiment):
+  """Batch `step` of uniform-noise images with random digit prompts, shaped like the real ones."""
+  c = exp.config
+  shape = (c.train.batch_size, c.data.image_size, c.data.image_size, c.data.channels)
+
+  def batch(step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([c.seed, step])
+    labels = rng.integers(0, 10, shape[0])
+    tokens, mask = exp.tokenizer.tokenize_batch([str(k) for k in labels], c.model.text_ctx)
+    return {"images": rng.uniform(-1, 1, shape).astype(np.float32), "tokens": tokens, "mask": mask,
+            "labels": labels}
+  return batch
+
+
 def time_train_step(config, batch_size: int, steps: int) -> dict:
   config.train.batch_size = batch_size
   exp = Experiment.from_config(config)
   sharding_lib.check_batch_divisible(batch_size, exp.mesh)
-  batches = exp.batch_source()
+  batches = synthetic_batches(exp) if SYNTHETIC.value else exp.batch_source()
   state = exp.init_fn()
   rng = jax.random.key(0)
   batch = sharding_lib.put_batch(batches(0), exp.mesh)
@@ -63,7 +85,8 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
   step_s = float(np.median(times))
   return {"batch": batch_size, "devices": exp.mesh.size, "dtype": config.model.dtype, "compile_s": compile_s,
           "train_step_s": step_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
-          "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb()}
+          "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb(),
+          "peak_device_gb": peak_device_gb()}
 
 
 def time_sampling(config, num_samples: int, steps: int, repeats: int = 2) -> dict:
@@ -85,7 +108,13 @@ def time_sampling(config, num_samples: int, steps: int, repeats: int = 2) -> dic
   step_s = float(np.median(times)) / steps
   return {"samples": num_samples, "devices": exp.mesh.size, "dtype": config.model.dtype,
           "compile_and_first_call_s": first_s, "sample_step_s": step_s,
-          "samples_per_s_1000_steps": num_samples / (step_s * 1000), "peak_rss_gb": peak_rss_gb()}
+          "samples_per_s_1000_steps": num_samples / (step_s * 1000), "peak_rss_gb": peak_rss_gb(),
+          "peak_device_gb": peak_device_gb()}
+
+
+def device_memory(result: dict) -> str:
+  gb = result["peak_device_gb"]
+  return "" if gb is None else f" | peak device memory {gb:.2f} GB"
 
 
 def main(argv):
@@ -96,15 +125,16 @@ def main(argv):
     results.append(time_train_step(config.copy_and_resolve_references(), batch, STEPS.value))
     r = results[-1]
     print(f"batch {r['batch']:4d} | devices {r['devices']} | {r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
-          f"step {r['train_step_s']:7.3f} s | {r['images_per_s']:7.1f} img/s | "
+          f"step {r['train_step_s']:8.4f} s | {r['images_per_s']:7.1f} img/s | "
           f"{r['flops_per_step'] / 1e9:8.1f} GFLOP/step | {r['achieved_gflops']:6.1f} GFLOP/s | "
-          f"peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+          f"peak RSS {r['peak_rss_gb']:.2f} GB{device_memory(r)}", flush=True)
   for n in SAMPLE_BATCH.value:
     sampling.append(time_sampling(config.copy_and_resolve_references(), n, SAMPLE_STEPS.value))
     r = sampling[-1]
     print(f"sample {r['samples']:3d} | devices {r['devices']} | {r['dtype']:8s} | "
-          f"first call {r['compile_and_first_call_s']:6.1f} s | step {r['sample_step_s']:7.3f} s | "
-          f"{r['samples_per_s_1000_steps']:7.3f} samples/s at 1000 steps | peak RSS {r['peak_rss_gb']:.2f} GB",
+          f"first call {r['compile_and_first_call_s']:6.1f} s | step {r['sample_step_s']:8.4f} s | "
+          f"{r['samples_per_s_1000_steps']:7.3f} samples/s at 1000 steps | peak RSS {r['peak_rss_gb']:.2f} GB"
+          f"{device_memory(r)}",
           flush=True)
   if OUT.value:
     with open(OUT.value, "w") as f:
