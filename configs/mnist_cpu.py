@@ -15,6 +15,9 @@ def get_config():
   # so a short context means fewer pad slots between it and the prompt, and ~11% less work per step.
   config.model.text_ctx = 16
   config.train.batch_size = 32
+  # Gradient accumulation over microbatches of 16 (8 per core): their activations stay in cache, which
+  # makes a 2-core CPU's step faster than one batch of 32 (docs/benchmarks.md). Same expected update.
+  config.train.microbatch_size = 16
   config.train.num_steps = 6000
   config.train.learning_rate = 1e-3  # A 1.8M-parameter model tolerates (and needs) a larger step than 2e-4.
   config.train.warmup_steps = 200

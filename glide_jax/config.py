@@ -11,6 +11,12 @@ from glide_jax.errors import ConfigError
 DTYPE_NAMES = ("float32", "bfloat16")
 
 
+def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
+  """How many microbatches train.microbatch_size splits each batch into (1 when it is 0)."""
+  size = train_config.microbatch_size
+  return train_config.batch_size // size if size else 1
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The reference MNIST lesson's settings with GLIDE's model and diffusion conventions."""
   c = ml_collections.ConfigDict()
@@ -51,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128         # Global batch, split over all devices.
+  c.train.microbatch_size = 0      # Gradient accumulation over microbatches of this many examples; 0 = off.
   c.train.num_steps = 10_000
   c.train.learning_rate = 2e-4
   c.train.warmup_steps = 0
@@ -147,6 +154,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   t = c.train
   if t.batch_size < 1:
     _fail("train.batch_size", t.batch_size, "it must be positive.")
+  if t.microbatch_size < 0 or (t.microbatch_size and t.batch_size % t.microbatch_size):
+    _fail("train.microbatch_size", t.microbatch_size,
+          f"it must be 0 (off) or a divisor of train.batch_size ({t.batch_size}).")
   if t.num_steps < 0:
     _fail("train.num_steps", t.num_steps, "it must be zero or positive.")
   if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):

@@ -79,11 +79,16 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
       lambda x: NamedSharding(mesh, fsdp_spec(getattr(x, "shape", ()), fsdp_size)), abstract_state)
 
 
-def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size") -> None:
-  n = mesh.shape["data"] * mesh.shape["fsdp"]
+def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size",
+                          microbatches: int = 1) -> None:
+  """Each of the mesh's batch-sharding devices must get the same whole number of rows of every microbatch."""
+  n = mesh.shape["data"] * mesh.shape["fsdp"] * microbatches
   if global_batch % n:
-    raise UserError(f"{what} = {global_batch} is not divisible by the {n} devices of the mesh "
-                    f"{dict(mesh.shape)}; use a multiple of {n}, e.g. {max(n, global_batch // n * n)}.")
+    per = f"{n // microbatches} devices of the mesh {dict(mesh.shape)}"
+    if microbatches > 1:
+      per += f" times its {microbatches} microbatches (config.train.microbatch_size)"
+    raise UserError(f"{what} = {global_batch} is not divisible by the {per}; use a multiple of {n}, "
+                    f"e.g. {max(n, global_batch // n * n)}.")
 
 
 def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -14,7 +14,7 @@ import numpy as np
 from glide_jax import checkpoint as ckpt_lib
 from glide_jax import data as data_lib
 from glide_jax import sharding as sharding_lib
-from glide_jax.config import validate_config
+from glide_jax.config import num_microbatches, validate_config
 from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.errors import TrainingDivergedError, UserError
 from glide_jax.metrics_writer import MetricWriter
@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   workdir = prepare_workdir(workdir)
   exp = Experiment.from_config(config)
   t = config.train
-  sharding_lib.check_batch_divisible(t.batch_size, exp.mesh)
+  sharding_lib.check_batch_divisible(t.batch_size, exp.mesh, microbatches=num_microbatches(t))
   batches = exp.batch_source()
   checkpointer = exp.checkpointer(workdir)
   state = exp.restore_or_init(checkpointer)

@@ -13,6 +13,7 @@ import optax
 from jax.sharding import Mesh
 
 from glide_jax import sharding as sharding_lib
+from glide_jax.config import num_microbatches
 from glide_jax.diffusion import GaussianDiffusion, hybrid_loss
 from glide_jax.model import Text2ImUNet, init_params
 
@@ -79,6 +80,42 @@ def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch
   return metrics["loss"], metrics
 
 
+def split_microbatches(batch: dict[str, jax.Array], microbatches: int) -> dict[str, jax.Array]:
+  """[B, ...] → [microbatches, B / microbatches, ...], microbatch i holding rows i, i + k, i + 2k, ...
+
+  Strided rather than contiguous, so each device's contiguous block of rows holds its part of every
+  microbatch and the split moves no data between devices.
+  """
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1)
+  return jax.tree_util.tree_map(split, batch)
+
+
+def loss_and_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, microbatches: int,
+                   **loss_kwargs) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+  """((loss, metrics), gradients) of the batch; with microbatches > 1, averaged over that many
+  microbatches (gradient accumulation). Microbatch i draws its randomness from fold_in(rng, i); every
+  loss term is a mean, so the mean over equal microbatches is the batch's mean. On CPU, microbatches
+  of about 8 examples per device run faster than one large batch (their activations stay in cache).
+  """
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, **loss_kwargs), has_aux=True)
+  if microbatches == 1:
+    return grad_fn(params, batch=batch, rng=rng)
+
+  def accumulate(total, inputs):
+    index, microbatch = inputs
+    result = grad_fn(params, batch=microbatch, rng=jax.random.fold_in(rng, index))
+    return jax.tree_util.tree_map(jnp.add, total, result), None
+
+  parts = split_microbatches(batch, microbatches)
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
+      grad_fn, params, batch=jax.tree_util.tree_map(lambda x: x[0], parts), rng=rng))
+  # Unrolled: XLA's CPU backend does not hand convolutions inside a loop body to its fast kernels
+  # (a 2-microbatch mnist_cpu step took 11.5 s as a loop, 0.38 s unrolled).
+  total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), parts), unroll=True)
+  return jax.tree_util.tree_map(lambda x: x / microbatches, total)
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Array, *, model: Text2ImUNet,
                diffusion: GaussianDiffusion, optimizer: optax.GradientTransformation,
                config: ml_collections.ConfigDict, pad_id: int) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -88,8 +125,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Arr
   such steps (metrics["nonfinite"] = 1).
   """
   rng = jax.random.fold_in(base_rng, state.step)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, metrics), grads = grad_fn(state.params, model, diffusion, batch, rng, config.train.p_uncond, pad_id)
+  (loss, metrics), grads = loss_and_grads(state.params, batch, rng, num_microbatches(config.train), model=model,
+                                         diffusion=diffusion, p_uncond=config.train.p_uncond, pad_id=pad_id)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

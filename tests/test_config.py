@@ -29,6 +29,7 @@ def test_default_and_tiny_configs_are_valid():
     ("diffusion.num_timesteps", 0, "diffusion.num_timesteps"),
     ("diffusion.noise_schedule", "sigmoid", "diffusion.noise_schedule"),
     ("train.batch_size", 0, "train.batch_size"),
+    ("train.microbatch_size", 48, "train.microbatch_size"),  # 48 does not divide the batch of 128.
     ("train.learning_rate", float("nan"), "train.learning_rate"),
     ("train.p_uncond", 1.5, "train.p_uncond"),
     ("train.ema_decay", 1.0, "train.ema_decay"),

@@ -76,5 +76,17 @@ def test_fsdp_shards_params_ema_and_adam_state(report, mesh):
   assert run["params"]["specs"] == run["ema_params"]["specs"] == run["adam_mu"]["specs"]
 
 
+def test_microbatched_step_matches_one_device(report):
+  run = report["microbatched"]
+  np.testing.assert_allclose(run["loss"], run["loss_single"], rtol=1e-5)
+  assert run["max_param_diff"] < 1e-4
+  # Its own randomness per microbatch: not the unsplit batch's losses.
+  assert abs(run["loss_single"][0] - report["loss_single"][0]) > 1e-6
+
+
 def test_indivisible_batch_is_a_clear_error(report):
   assert "not divisible by the 8 devices" in report["indivisible_error"]
+  # 16 rows cannot give each of 8 devices whole rows of 4 microbatches.
+  assert "8 devices of the mesh" in report["indivisible_microbatch_error"]
+  assert "4 microbatches (config.train.microbatch_size)" in report["indivisible_microbatch_error"]
+  assert "multiple of 32" in report["indivisible_microbatch_error"]

@@ -52,13 +52,28 @@ def main():
     meshes[arg] = {"loss": loss, "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
                    "params": layout(state.params), "ema_params": layout(state.ema_params),
                    "adam_mu": layout(state.opt_state[1][0].mu)}
+  # Gradient accumulation (2 microbatches of 8) on a (4, 2) mesh against the same on one device.
+  micro = config.copy_and_resolve_references()
+  micro.train.microbatch_size = 8
+  loss_micro_single, state_micro_single = run(sharding.make_mesh((1, 1), devices[:1]), micro)
+  loss_micro, state_micro = run(sharding.make_mesh((4, 2)), micro)
+  micro_diff = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state_micro.params),
+                                      jax.device_get(state_micro_single.params))
+  microbatched = {"loss_single": loss_micro_single, "loss": loss_micro,
+                  "max_param_diff": max(jax.tree_util.tree_leaves(micro_diff))}
   try:
     sharding.check_batch_divisible(12, sharding.make_mesh((-1, 1)))
     error = ""
   except UserError as e:
     error = str(e)
+  try:
+    sharding.check_batch_divisible(16, sharding.make_mesh((-1, 1)), microbatches=4)
+    microbatch_error = ""
+  except UserError as e:
+    microbatch_error = str(e)
   print(json.dumps({"devices": len(devices), "loss_single": loss_single, "meshes": meshes,
-                    "indivisible_error": error}))
+                    "indivisible_error": error, "indivisible_microbatch_error": microbatch_error,
+                    "microbatched": microbatched}))
 
 
 if __name__ == "__main__":
