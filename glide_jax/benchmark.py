@@ -21,6 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from glide_jax import sharding as sharding_lib
+from glide_jax.config import num_microbatches
 from glide_jax.train import Experiment
 
 config_flags.DEFINE_config_file("config", "configs/mnist_cpu.py", "Config file to benchmark.")
@@ -61,7 +62,7 @@ def synthetic_batches(exp: Experiment):
 def time_train_step(config, batch_size: int, steps: int) -> dict:
   config.train.batch_size = batch_size
   exp = Experiment.from_config(config)
-  sharding_lib.check_batch_divisible(batch_size, exp.mesh)
+  sharding_lib.check_batch_divisible(batch_size, exp.mesh, microbatches=num_microbatches(config.train))
   batches = synthetic_batches(exp) if SYNTHETIC.value else exp.batch_source()
   state = exp.init_fn()
   rng = jax.random.key(0)
@@ -70,6 +71,9 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
+  compile_peak_gb = peak_rss_gb()
+  memory = compiled.memory_analysis()
+  temp_gb = memory.temp_size_in_bytes / 2 ** 30 if memory is not None else None
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -83,9 +87,10 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  return {"batch": batch_size, "devices": exp.mesh.size, "dtype": config.model.dtype, "compile_s": compile_s,
+  return {"batch": batch_size, "microbatch_size": config.train.microbatch_size, "devices": exp.mesh.size, "dtype": config.model.dtype, "compile_s": compile_s,
           "train_step_s": step_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
           "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb(),
+          "peak_rss_after_compile_gb": compile_peak_gb, "xla_temp_gb_per_device": temp_gb,
           "peak_device_gb": peak_device_gb()}
 
 
@@ -124,10 +129,11 @@ def main(argv):
   for batch in ([] if SKIP_TRAIN.value else BATCH.value or [config.train.batch_size]):
     results.append(time_train_step(config.copy_and_resolve_references(), batch, STEPS.value))
     r = results[-1]
-    print(f"batch {r['batch']:4d} | devices {r['devices']} | {r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
+    print(f"batch {r['batch']:4d} (micro {r['microbatch_size'] or r['batch']}) | devices {r['devices']} | {r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
           f"step {r['train_step_s']:8.4f} s | {r['images_per_s']:7.1f} img/s | "
           f"{r['flops_per_step'] / 1e9:8.1f} GFLOP/step | {r['achieved_gflops']:6.1f} GFLOP/s | "
-          f"peak RSS {r['peak_rss_gb']:.2f} GB{device_memory(r)}", flush=True)
+          f"peak RSS {r['peak_rss_gb']:.2f} GB (compile {r['peak_rss_after_compile_gb']:.2f}) | "
+          f"XLA temp/device {r['xla_temp_gb_per_device'] or 0:.2f} GB{device_memory(r)}", flush=True)
   for n in SAMPLE_BATCH.value:
     sampling.append(time_sampling(config.copy_and_resolve_references(), n, SAMPLE_STEPS.value))
     r = sampling[-1]
