@@ -87,7 +87,8 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  return {"batch": batch_size, "microbatch_size": config.train.microbatch_size, "devices": exp.mesh.size, "dtype": config.model.dtype, "compile_s": compile_s,
+  return {"batch": batch_size, "microbatch_size": config.train.microbatch_size, "devices": exp.mesh.size,
+          "dtype": config.model.dtype, "compile_s": compile_s,
           "train_step_s": step_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
           "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb(),
           "peak_rss_after_compile_gb": compile_peak_gb, "xla_temp_gb_per_device": temp_gb,
@@ -129,7 +130,8 @@ def main(argv):
   for batch in ([] if SKIP_TRAIN.value else BATCH.value or [config.train.batch_size]):
     results.append(time_train_step(config.copy_and_resolve_references(), batch, STEPS.value))
     r = results[-1]
-    print(f"batch {r['batch']:4d} (micro {r['microbatch_size'] or r['batch']}) | devices {r['devices']} | {r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
+    print(f"batch {r['batch']:4d} (micro {r['microbatch_size'] or r['batch']}) | devices {r['devices']} | "
+          f"{r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
           f"step {r['train_step_s']:8.4f} s | {r['images_per_s']:7.1f} img/s | "
           f"{r['flops_per_step'] / 1e9:8.1f} GFLOP/step | {r['achieved_gflops']:6.1f} GFLOP/s | "
           f"peak RSS {r['peak_rss_gb']:.2f} GB (compile {r['peak_rss_after_compile_gb']:.2f}) | "

@@ -102,17 +102,14 @@ def loss_and_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, mic
   if microbatches == 1:
     return grad_fn(params, batch=batch, rng=rng)
 
-  def accumulate(total, inputs):
-    index, microbatch = inputs
-    result = grad_fn(params, batch=microbatch, rng=jax.random.fold_in(rng, index))
-    return jax.tree_util.tree_map(jnp.add, total, result), None
-
+  # A Python loop (unrolled in the compiled step): XLA's CPU backend does not hand convolutions inside a
+  # loop body to its fast kernels (a 2-microbatch mnist_cpu step took 11.5 s as a lax.scan, 0.38 s unrolled).
   parts = split_microbatches(batch, microbatches)
-  zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(
-      grad_fn, params, batch=jax.tree_util.tree_map(lambda x: x[0], parts), rng=rng))
-  # Unrolled: XLA's CPU backend does not hand convolutions inside a loop body to its fast kernels
-  # (a 2-microbatch mnist_cpu step took 11.5 s as a loop, 0.38 s unrolled).
-  total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), parts), unroll=True)
+  total = None
+  for i in range(microbatches):
+    result = grad_fn(params, batch=jax.tree_util.tree_map(lambda x: x[i], parts),  # noqa: B023
+                     rng=jax.random.fold_in(rng, i))
+    total = result if total is None else jax.tree_util.tree_map(jnp.add, total, result)
   return jax.tree_util.tree_map(lambda x: x / microbatches, total)
 
 
