@@ -1,24 +1,37 @@
-"""glide-jax entry point: python main.py --config=configs/mnist.py --workdir=DIR [--mode=train|sample|eval|train_classifier]."""
+"""glide-jax entry point: python main.py --config=configs/mnist.py --workdir=DIR [--mode=train|sample|eval|...].
+
+Parses the flags, starts the (multi-host) runtime and hands the config and workdir to the mode's function.
+A user error (bad config value, path, checkpoint, prompt...) prints one `error:` paragraph and exits 2.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
-
-from glide_jax.host_devices import use_all_cpu_cores  # noqa: E402  (no JAX import)
+from glide_jax.runtime import use_all_cpu_cores  # (Imports no JAX: the CPU devices must be set up first.)
 
 use_all_cpu_cores()
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-FLAGS = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-MODE = flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "train_classifier"],
+# Mode → "module:function(config, workdir)", imported only when chosen.
+MODES = {
+    "train": "glide_jax.train.loop:train",
+    "sample": "glide_jax.sampling.sweep:sample_and_save",
+    "eval": "glide_jax.evaluation.evaluate:evaluate",
+    "train_classifier": "glide_jax.evaluation.classifier_cache:train_classifier_mode",
+}
+
+WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
+MODE = flags.DEFINE_enum("mode", "train", list(MODES),
                          "What to do: train, sample (guidance sweep), eval (sample quality per guidance scale), "
                          "train_classifier (train and cache the classifier eval uses).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=value.",
                                 lock_config=True)
+
 
 def _env_int(name: str):
   value = os.environ.get(name)
@@ -38,43 +51,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
-  import jax
-
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save at INFO; -v 0 shows them.
 
   from glide_jax.errors import UserError
+  from glide_jax.runtime import initialize_distributed
 
-  if NUM_PROCESSES.value and NUM_PROCESSES.value > 1:
-    if not COORDINATOR.value or PROCESS_ID.value is None or not 0 <= PROCESS_ID.value < NUM_PROCESSES.value:
-      print(f"error: a manual multi-host launch of {NUM_PROCESSES.value} processes needs --coordinator_address="
-            f"HOST:PORT (process 0's host) and --process_id from 0 to {NUM_PROCESSES.value - 1} on every process "
-            f"(or $JAX_COORDINATOR_ADDRESS and $JAX_PROCESS_ID).", file=sys.stderr)
-      sys.exit(2)
-    jax.distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
-  elif NUM_PROCESSES.value is None and any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS")):
-    jax.distributed.initialize()  # Cluster auto-detection (TPU pod slices, SLURM).
-  if jax.process_count() > 1:
-    print(f"JAX process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
-          f"devices, {jax.device_count()} in all.", flush=True)
-  logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(), jax.devices())
-
-  config = flags.FLAGS.config
+  module_name, function_name = MODES[MODE.value].split(":")
   try:
-    if MODE.value == "train":
-      from glide_jax.train import train_and_evaluate
-      train_and_evaluate(config, FLAGS.value)
-    elif MODE.value == "sample":
-      from glide_jax.sample_main import sample_and_save
-      sample_and_save(config, FLAGS.value)
-    elif MODE.value == "eval":
-      from glide_jax.evaluation import evaluate
-      evaluate(config, FLAGS.value)
-    elif MODE.value == "train_classifier":
-      from glide_jax.classifier import get_or_train_classifier
-      from glide_jax.config import validate_config
-      validate_config(config)
-      get_or_train_classifier(config)
+    initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+    getattr(importlib.import_module(module_name), function_name)(flags.FLAGS.config, WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -12,7 +12,7 @@ def get_config():
   config.model.xf_layers = 2
   config.model.xf_heads = 4
   # MNIST prompts are at most 5 bytes ("seven"); the pooled feature is read at position text_ctx-1,
-  # so a short context means fewer pad slots between it and the prompt, and ~11% less work per step.
+  # so a short context means fewer pad slots between it and the prompt, and less work per step.
   config.model.text_ctx = 16
   config.train.batch_size = 32
   # Gradient accumulation over microbatches of 16 (8 per core): their activations stay in cache, which

@@ -6,7 +6,7 @@ and the achieved FLOP/s (and, once available, sampling step time); writes the fi
 
 from __future__ import annotations
 
-from glide_jax.host_devices import use_all_cpu_cores
+from glide_jax.runtime import use_all_cpu_cores
 
 if __name__ == "__main__":
   use_all_cpu_cores()  # Like main.py, before JAX starts (GLIDE_HOST_DEVICES=0 keeps one CPU device).
@@ -21,8 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from glide_jax import sharding as sharding_lib
-from glide_jax.config import num_microbatches
-from glide_jax.train import Experiment
+from glide_jax.experiment import Experiment
 
 config_flags.DEFINE_config_file("config", "configs/mnist_cpu.py", "Config file to benchmark.")
 BATCH = flags.DEFINE_multi_integer("batch", None, "Global batch size(s) to time (default: the config's).")
@@ -54,20 +53,18 @@ def synthetic_batches(exp: Experiment):
     rng = np.random.default_rng([c.seed, step])
     labels = rng.integers(0, 10, shape[0])
     tokens, mask = exp.tokenizer.tokenize_batch([str(k) for k in labels], c.model.text_ctx)
-    return {"images": rng.uniform(-1, 1, shape).astype(np.float32), "tokens": tokens, "mask": mask,
-            "labels": labels}
+    return {"images": rng.uniform(-1, 1, shape).astype(np.float32), "tokens": tokens, "mask": mask}
   return batch
 
 
 def time_train_step(config, batch_size: int, steps: int) -> dict:
   config.train.batch_size = batch_size
-  exp = Experiment.from_config(config)
-  sharding_lib.check_batch_divisible(batch_size, exp.mesh, microbatches=num_microbatches(config.train))
+  exp = Experiment(config)
+  step_fn = exp.train_step_fn()
   batches = synthetic_batches(exp) if SYNTHETIC.value else exp.batch_source()
   state = exp.init_fn()
-  rng = jax.random.key(0)
+  rng = exp.train_rng
   batch = sharding_lib.put_batch(batches(0), exp.mesh)
-  step_fn = exp.train_step_fn()
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
@@ -97,10 +94,9 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
 
 def time_sampling(config, num_samples: int, steps: int, repeats: int = 2) -> dict:
   """Seconds per guided sampling step (one batched forward pass on 2·num_samples rows)."""
-  from glide_jax.sampling import GuidedSampler
-  exp = Experiment.from_config(config)
+  exp = Experiment(config)
   params = exp.init_fn().ema_params
-  sampler = GuidedSampler(exp.model, exp.diffusion, "ddpm", str(steps), 0.0, exp.tokenizer.pad_id, exp.mesh)
+  sampler = exp.make_sampler("ddpm", str(steps))
   tokens, mask = exp.tokenizer.tokenize_batch(["7"] * num_samples, config.model.text_ctx)
   scales = np.full((num_samples,), 4.0, np.float32)
   t0 = time.perf_counter()

@@ -1,14 +1,20 @@
-"""The default configuration and its validation (every value is checked before any work starts)."""
+"""The default configuration and its validation: every value of every section is checked once, before any
+work starts, against the tables of allowed names kept beside their implementations."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import ml_collections
 
+from glide_jax.data import format_prompt
+from glide_jax.diffusion import SAMPLERS, SCHEDULE_NAMES, space_timesteps
 from glide_jax.errors import ConfigError
-
-DTYPE_NAMES = ("float32", "bfloat16")
+from glide_jax.model.model_config import DTYPES
+from glide_jax.model.tokenizer import TOKENIZER_NAMES
+from glide_jax.model.tokenizer import unavailable_reason as tokenizer_unavailable_reason
+from glide_jax.sampling.prompts import read_prompt_file, split_prompts
 
 
 def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
@@ -53,7 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000
-  c.diffusion.noise_schedule = "squaredcos_cap_v2"
+  c.diffusion.noise_schedule = "squaredcos_cap_v2"  # GLIDE's cosine schedule ("cosine" is an alias); or "linear".
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128         # Global batch, split over all devices.
@@ -102,19 +108,76 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def guidance_scales(sample_config: ml_collections.ConfigDict) -> list[float]:
+  """config.sample.guidance_scales as floats: a number or a tuple of them (the command line may give a
+  tuple of numeric strings, e.g. ('nan',)); a TypeError or ValueError for anything else."""
+  scales = sample_config.guidance_scales
+  if not isinstance(scales, (tuple, list)):
+    scales = (scales,)
+  if any(isinstance(x, bool) for x in scales):
+    raise TypeError("guidance scales are numbers, not booleans")
+  return [float(x) for x in scales]
+
+
 def _fail(field: str, value, why: str) -> None:
   raise ConfigError(f"config.{field} = {value!r} is invalid: {why}")
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_int(field: str, value, least: int, why: str = "") -> None:
+  if not _is_int(value) or value < least:
+    _fail(field, value, f"it must be an integer >= {least}{why}.")
+
+
 def validate_config(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the field and the fix for the first invalid value."""
-  m, d = c.model, c.data
-  if not isinstance(c.seed, int):
+  """Raises ConfigError naming the field and the fix for the first invalid value, in any section.
+
+  Every mode calls this before any work starts, so a value that would fail later (a sampler setting during
+  training, say) is reported at once. What only the machine can tell (the device count, the dataset on
+  disk, the checkpoint) is checked where it is used, still before any work.
+  """
+  if not _is_int(c.seed):
     _fail("seed", c.seed, "it must be an integer.")
-  if d.image_size < 1 or d.channels not in (1, 3):
-    _fail("data.image_size/channels", (d.image_size, d.channels), "need a positive size and 1 or 3 channels.")
+  _validate_data(c.data)
+  _validate_model(c.model, c.data)
+  _validate_diffusion(c.diffusion)
+  _validate_train(c.train, c.diffusion.num_timesteps)
+  _validate_sample(c.sample, c.diffusion.num_timesteps)
+  _validate_eval(c.eval)
+  _validate_mesh(c.mesh)
+
+
+def _validate_data(d: ml_collections.ConfigDict) -> None:
+  for name in ("name", "train_split", "test_split"):
+    if not (isinstance(d[name], str) and d[name].strip()):
+      _fail(f"data.{name}", d[name], "give a TFDS name or split, e.g. 'mnist' or 'train[:2048]'.")
+  if not isinstance(d.data_dir, str):
+    _fail("data.data_dir", d.data_dir, "give a directory path, or '' for $TFDS_DATA_DIR.")
+  _check_int("data.image_size", d.image_size, 1)
+  if d.channels not in (1, 3):
+    _fail("data.channels", d.channels, "images have 1 (grey) or 3 (RGB) channels.")
+  templates = d.prompt_templates
+  if isinstance(templates, str) or not templates:
+    _fail("data.prompt_templates", templates, "give a tuple of at least one template, e.g. ('{name}', '{label}').")
+  for template in templates:
+    try:
+      format_prompt(str(template), 0, ("zero",))
+    except (KeyError, IndexError, ValueError) as e:
+      _fail("data.prompt_templates", tuple(templates),
+            f"{template!r} cannot be filled ({type(e).__name__}: {e}); templates may use only {{name}} "
+            f"(the class word) and {{label}} (its numeral).")
+
+
+def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
   levels = len(m.channel_mult)
-  if levels < 1 or any(int(x) != x or x < 1 for x in m.channel_mult):
+  if levels < 1 or any(not _is_int(x) or x < 1 for x in m.channel_mult):
     _fail("model.channel_mult", m.channel_mult, "it must be a non-empty tuple of positive integers.")
   factor = 2 ** (levels - 1)
   if d.image_size % factor:
@@ -127,8 +190,8 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
       _fail("model.attention_resolutions", tuple(m.attention_resolutions),
             f"the UNet never works at {r}x{r}; with image_size {d.image_size} and {levels} levels it reaches "
             f"{reached}.")
-  if m.model_channels < 1 or m.num_res_blocks < 1:
-    _fail("model.model_channels/num_res_blocks", (m.model_channels, m.num_res_blocks), "both must be positive.")
+  for name in ("model_channels", "num_res_blocks", "num_head_channels", "num_groups"):
+    _check_int(f"model.{name}", m[name], 1)
   for level, mult in enumerate(m.channel_mult):
     ch = m.model_channels * mult
     if ch % m.num_groups:
@@ -137,61 +200,125 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     if has_attention and ch % m.num_head_channels:
       _fail("model.num_head_channels", m.num_head_channels,
             f"attention heads split {ch} channels at {reached[level]}x{reached[level]}, which is not a multiple of it.")
-  if not 0.0 <= m.dropout < 1.0:
+  if not (_is_number(m.dropout) and 0.0 <= m.dropout < 1.0):
     _fail("model.dropout", m.dropout, "it must be in [0, 1).")
-  if m.dtype not in DTYPE_NAMES:
-    _fail("model.dtype", m.dtype, f"choose one of {DTYPE_NAMES}.")
-  if m.tokenizer not in ("byte", "gpt2"):
-    _fail("model.tokenizer", m.tokenizer, "choose 'byte' or 'gpt2'.")
-  if m.text_ctx < 1 or m.xf_layers < 0 or m.xf_width < 1 or m.xf_heads < 1 or m.xf_width % m.xf_heads:
+  if m.dtype not in DTYPES:
+    _fail("model.dtype", m.dtype, f"choose one of {tuple(DTYPES)}.")
+  if m.tokenizer not in TOKENIZER_NAMES:
+    _fail("model.tokenizer", m.tokenizer, f"choose one of {TOKENIZER_NAMES}.")
+  reason = tokenizer_unavailable_reason(m.tokenizer)
+  if reason:
+    _fail("model.tokenizer", m.tokenizer, f"{reason}. Use 'byte'.")
+  _check_int("model.text_ctx", m.text_ctx, 1)
+  _check_int("model.xf_layers", m.xf_layers, 0)
+  if not (_is_int(m.xf_width) and _is_int(m.xf_heads) and m.xf_width >= 1 and m.xf_heads >= 1
+          and m.xf_width % m.xf_heads == 0):
     _fail("model.xf_width/xf_heads", (m.xf_width, m.xf_heads), "the width must be a positive multiple of heads.")
   if not m.learn_sigma:
     _fail("model.learn_sigma", m.learn_sigma, "the hybrid loss and samplers need the learned-range variance.")
-  if c.diffusion.num_timesteps < 1:
-    _fail("diffusion.num_timesteps", c.diffusion.num_timesteps, "it must be positive.")
-  if c.diffusion.noise_schedule not in ("linear", "squaredcos_cap_v2", "cosine"):
-    _fail("diffusion.noise_schedule", c.diffusion.noise_schedule, "choose 'linear' or 'squaredcos_cap_v2'.")
-  t = c.train
-  if t.batch_size < 1:
-    _fail("train.batch_size", t.batch_size, "it must be positive.")
-  if t.microbatch_size < 0 or (t.microbatch_size and t.batch_size % t.microbatch_size):
+
+
+def _validate_diffusion(f: ml_collections.ConfigDict) -> None:
+  _check_int("diffusion.num_timesteps", f.num_timesteps, 1)
+  if f.noise_schedule not in SCHEDULE_NAMES:
+    _fail("diffusion.noise_schedule", f.noise_schedule, f"choose one of {SCHEDULE_NAMES}.")
+
+
+def _check_respacing(field: str, respacing, num_timesteps: int) -> None:
+  if not isinstance(respacing, str):
+    _fail(field, respacing, "give a string such as '100', '10,10,3,2,2', 'ddim50', 'fast27' or '' (all steps).")
+  try:
+    steps = space_timesteps(num_timesteps, respacing)
+  except ConfigError as e:
+    _fail(field, respacing, f"{e}")
+  if not steps:
+    _fail(field, respacing, "it keeps zero sampling steps; ask for at least 1.")
+
+
+def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
+  _check_int("train.batch_size", t.batch_size, 1)
+  micro = t.microbatch_size
+  if not _is_int(micro) or micro < 0 or (micro and t.batch_size % micro):
     _fail("train.microbatch_size", t.microbatch_size,
           f"it must be 0 (off) or a divisor of train.batch_size ({t.batch_size}).")
-  if t.num_steps < 0:
-    _fail("train.num_steps", t.num_steps, "it must be zero or positive.")
-  if not (t.learning_rate > 0 and math.isfinite(t.learning_rate)):
+  _check_int("train.num_steps", t.num_steps, 0)
+  _check_int("train.warmup_steps", t.warmup_steps, 0)
+  if not (_is_number(t.learning_rate) and t.learning_rate > 0):
     _fail("train.learning_rate", t.learning_rate, "it must be a positive number.")
-  if not 0.0 <= t.p_uncond <= 1.0:
+  for name in ("adam_b1", "adam_b2"):
+    if not (_is_number(t[name]) and 0.0 <= t[name] < 1.0):
+      _fail(f"train.{name}", t[name], "Adam's decay rates are in [0, 1).")
+  if not (_is_number(t.p_uncond) and 0.0 <= t.p_uncond <= 1.0):
     _fail("train.p_uncond", t.p_uncond, "it is a probability, in [0, 1].")
-  if not 0.0 <= t.ema_decay < 1.0:
+  if not (_is_number(t.ema_decay) and 0.0 <= t.ema_decay < 1.0):
     _fail("train.ema_decay", t.ema_decay, "it must be in [0, 1).")
-  if t.grad_clip <= 0:
+  if not (_is_number(t.grad_clip) and t.grad_clip > 0):
     _fail("train.grad_clip", t.grad_clip, "it must be positive.")
   for name in ("log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite_steps"):
-    if t[name] < 1:
-      _fail(f"train.{name}", t[name], "it must be at least 1.")
-  if t.sample_every < 0:
-    _fail("train.sample_every", t.sample_every, "it must be 0 (off) or positive.")
-  if not (math.isfinite(t.sample_guidance) and t.sample_guidance >= 0):
+    _check_int(f"train.{name}", t[name], 1)
+  _check_int("train.sample_every", t.sample_every, 0, " (0 = never)")
+  if not (_is_number(t.sample_guidance) and t.sample_guidance >= 0):
     _fail("train.sample_guidance", t.sample_guidance, "it must be a finite number >= 0.")
-  if not d.prompt_templates:
-    _fail("data.prompt_templates", d.prompt_templates, "give at least one template, e.g. ('{name}',).")
-  if "eval" in c:
-    _validate_eval(c.eval)
+  _check_respacing("train.sample_respacing", t.sample_respacing, num_timesteps)
+
+
+def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
+  try:
+    scales = guidance_scales(s)
+  except (TypeError, ValueError):
+    _fail("sample.guidance_scales", s.guidance_scales,
+          "give numbers, e.g. --config.sample.guidance_scales='(0., 1., 4.)'.")
+  if not scales:
+    _fail("sample.guidance_scales", s.guidance_scales, "give at least one scale, e.g. (0., 1., 4.).")
+  bad = [x for x in scales if not (math.isfinite(x) and x >= 0)]
+  if bad:
+    _fail("sample.guidance_scales", s.guidance_scales,
+          f"it has {bad}: scales must be finite and >= 0 (0 = unconditional, 1 = conditional, > 1 = guided).")
+  if s.sampler not in SAMPLERS:
+    _fail("sample.sampler", s.sampler, f"choose one of {SAMPLERS}.")
+  _check_respacing("sample.respacing", s.respacing, num_timesteps)
+  if not (_is_number(s.ddim_eta) and s.ddim_eta >= 0):
+    _fail("sample.ddim_eta", s.ddim_eta, "it must be a finite number >= 0.")
+  _check_int("sample.num_per_prompt", s.num_per_prompt, 1)
+  _check_int("sample.batch_size", s.batch_size, 1)
+  if not isinstance(s.use_ema, bool):
+    _fail("sample.use_ema", s.use_ema, "it must be True or False.")
+  if not isinstance(s.prompts, str):
+    _fail("sample.prompts", s.prompts, "give comma-separated prompts such as '7,seven,3', or '' for one per class.")
+  if s.prompts and not split_prompts(s.prompts):
+    _fail("sample.prompts", s.prompts, "it holds no prompt: give comma-separated prompts such as '7,seven,3', or "
+          "leave it empty for one prompt per class.")
+  if not isinstance(s.prompt_file, str):
+    _fail("sample.prompt_file", s.prompt_file, "give the path of a UTF-8 file with one prompt per line, or ''.")
+  if s.prompt_file:
+    read_prompt_file(s.prompt_file)
 
 
 def _validate_eval(e: ml_collections.ConfigDict) -> None:
   """config.eval: sample counts and the evaluation classifier's training settings."""
   for name, least in (("samples_per_digit", 2), ("batch_size", 1), ("classifier_steps", 1),
                       ("classifier_batch_size", 1)):
-    value = e[name]
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-      why = " (the diversity figure compares samples of one class pairwise)" if name == "samples_per_digit" else ""
-      _fail(f"eval.{name}", value, f"it must be an integer >= {least}{why}.")
+    why = " (the diversity figure compares samples of one class pairwise)" if name == "samples_per_digit" else ""
+    _check_int(f"eval.{name}", e[name], least, why)
   lr = e.classifier_learning_rate
-  if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+  if not (_is_number(lr) and lr > 0):
     _fail("eval.classifier_learning_rate", lr, "it must be a positive number.")
   if not isinstance(e.classifier_dir, str):
     _fail("eval.classifier_dir", e.classifier_dir, "it must be a directory path, or '' for the default cache.")
+  if e.classifier_dir and os.path.exists(os.path.expanduser(e.classifier_dir)) and not os.path.isdir(
+      os.path.expanduser(e.classifier_dir)):
+    _fail("eval.classifier_dir", e.classifier_dir, "it is a file; give a directory (it need not exist yet).")
   if not (isinstance(e.classifier_train_split, str) and e.classifier_train_split.strip()):
     _fail("eval.classifier_train_split", e.classifier_train_split, "give a TFDS split such as 'train'.")
+  if not isinstance(e.classifier_augment, bool):
+    _fail("eval.classifier_augment", e.classifier_augment, "it must be True or False.")
+
+
+def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:
+  shape = mesh.shape
+  if isinstance(shape, int) and not isinstance(shape, bool):
+    shape = (shape,)
+  if not (isinstance(shape, (tuple, list)) and 1 <= len(shape) <= 2 and all(_is_int(s) for s in shape)
+          and all(s >= 1 or s == -1 for s in shape) and list(shape).count(-1) <= 1):
+    _fail("mesh.shape", mesh.shape, "give (data, fsdp) sizes as positive integers with at most one -1 (all "
+          "remaining devices), e.g. (-1, 1) for data parallelism over every device.")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from glide_jax.errors import UserError
-from glide_jax.tokenizer import Tokenizer
+from glide_jax.model.tokenizer import Tokenizer
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -181,7 +181,7 @@ class BatchSource:
     return np.random.default_rng([self.seed, step, 1]).integers(0, self.num_templates, self.global_batch)
 
   def __call__(self, step: int) -> dict[str, np.ndarray]:
-    """This process's part of batch `step`: images [b,H,W,C] in [−1,1], tokens, mask, labels."""
+    """This process's part of batch `step`: images [b,H,W,C] in [−1,1], tokens [b,L] and mask [b,L]."""
     idx = self.global_indices(step)[self.local_slice]
     labels = self.dataset.labels[idx]
     choice = self.template_choices(step)[self.local_slice]
@@ -189,5 +189,4 @@ class BatchSource:
         "images": to_model_range(self.dataset.images[idx]),
         "tokens": self._tokens[labels, choice],
         "mask": self._mask[labels, choice],
-        "labels": labels,
     }

@@ -1,11 +1,11 @@
-"""Test set-up: the repo on sys.path, the shared offline MNIST, and a persistent XLA compilation cache."""
+"""Test set-up: the shared offline MNIST, and a persistent XLA compilation cache shared with subprocesses.
+
+The package is imported from the checkout (pytest.ini's `pythonpath`, or `pip install -e .`).
+"""
 
 import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
+from helpers.paths import REPO
 
 # The prepared MNIST beside the checkout (read-only); nothing is ever downloaded in tests.
 _SHARED_TFDS = os.path.join(os.path.dirname(REPO), "shared", "tensorflow_datasets")

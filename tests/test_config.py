@@ -1,21 +1,64 @@
-"""validate_config: the shipped configs pass; invalid values raise ConfigError naming the field."""
+"""validate_config: the shipped configs pass; an invalid value in any section (whatever the mode) raises
+ConfigError naming the field; the allowed names are the implementations' own tables."""
 
+import glob
+import importlib.util
+import os
 import re
 
 import pytest
 
 from configs import tiny
 from glide_jax.config import default_config, validate_config
+from glide_jax.diffusion import SAMPLERS, SCHEDULE_NAMES
 from glide_jax.errors import ConfigError, UserError
+from glide_jax.model import DTYPES
+from glide_jax.model import tokenizer as tokenizer_lib
+from helpers.paths import REPO
 
 
-def test_default_and_tiny_configs_are_valid():
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))),
+                         ids=lambda p: os.path.basename(p))
+def test_every_shipped_config_is_valid(path):
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  validate_config(module.get_config())
   validate_config(default_config())
-  validate_config(tiny.get_config())
+
+
+@pytest.mark.parametrize("field,names", [("sample.sampler", SAMPLERS), ("diffusion.noise_schedule", SCHEDULE_NAMES),
+                                         ("model.dtype", tuple(DTYPES))])
+def test_the_allowed_names_are_the_implementations_tables(field, names):
+  section, name = field.split(".")
+  for value in names:
+    config = tiny.get_config()
+    config[section][name] = value
+    validate_config(config)
+  config = tiny.get_config()
+  config[section][name] = "no-such-name"
+  with pytest.raises(ConfigError, match=re.escape(f"config.{field} = 'no-such-name' is invalid: choose one of "
+                                                  f"{tuple(names)}")):
+    validate_config(config)
+
+
+def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, tmp_path):
+  """model.tokenizer="gpt2" is a known name, but without its vocabulary files it must fail in validation,
+  not when the tokenizer is built."""
+  monkeypatch.setattr(tokenizer_lib, "GPT2_VOCAB_DIR", str(tmp_path))
+  config = tiny.get_config()
+  config.model.tokenizer = "gpt2"
+  with pytest.raises(ConfigError, match=r"config\.model\.tokenizer = 'gpt2' is invalid: GPT-2's vocabulary files "
+                                        r"\(encoder\.json, vocab\.bpe\) are not installed.*Use 'byte'"):
+    validate_config(config)
+  with pytest.raises(ConfigError, match="cannot be used"):
+    tokenizer_lib.get_tokenizer("gpt2")
 
 
 @pytest.mark.parametrize("field,value,named", [
-    ("data.channels", 2, "data.image_size/channels"),
+    ("data.channels", 2, "data.channels"),
+    ("data.name", "", "data.name"),
+    ("data.prompt_templates", ("{digit}",), "data.prompt_templates"),  # Only {name} and {label} exist.
     ("data.image_size", 30, "data.image_size"),           # 4 levels need a multiple of 8.
     ("model.channel_mult", (), "model.channel_mult"),
     ("model.attention_resolutions", (5,), "model.attention_resolutions"),
@@ -38,6 +81,30 @@ def test_default_and_tiny_configs_are_valid():
     ("train.sample_every", -1, "train.sample_every"),
     ("train.sample_guidance", -1.0, "train.sample_guidance"),
     ("data.prompt_templates", (), "data.prompt_templates"),
+    ("train.warmup_steps", -1, "train.warmup_steps"),
+    ("train.adam_b2", 1.0, "train.adam_b2"),
+    ("train.sample_respacing", "fastest", "train.sample_respacing"),
+    # sample.* and eval.* are checked in every mode, training included.
+    ("sample.sampler", "euler", "sample.sampler"),
+    ("sample.respacing", "0", "sample.respacing"),
+    ("sample.respacing", "abc", "sample.respacing"),
+    ("sample.respacing", "2000", "sample.respacing"),      # More steps than the 1000 of the process.
+    ("sample.respacing", "ddimx", "sample.respacing"),
+    ("sample.ddim_eta", -0.5, "sample.ddim_eta"),
+    ("sample.ddim_eta", float("nan"), "sample.ddim_eta"),
+    ("sample.guidance_scales", (), "sample.guidance_scales"),
+    ("sample.guidance_scales", (1.0, -1.0), "sample.guidance_scales"),
+    ("sample.guidance_scales", (float("inf"),), "sample.guidance_scales"),
+    ("sample.guidance_scales", ("one",), "sample.guidance_scales"),
+    ("sample.num_per_prompt", 0, "sample.num_per_prompt"),
+    ("sample.batch_size", 0, "sample.batch_size"),
+    ("sample.prompts", " , ", "sample.prompts"),
+    ("eval.samples_per_digit", 1, "eval.samples_per_digit"),
+    ("eval.classifier_learning_rate", 0.0, "eval.classifier_learning_rate"),
+    ("eval.classifier_train_split", " ", "eval.classifier_train_split"),
+    ("mesh.shape", (-1, -1), "mesh.shape"),
+    ("mesh.shape", (0, 1), "mesh.shape"),
+    ("mesh.shape", (2, 2, 2), "mesh.shape"),
 ])
 def test_invalid_value_names_the_field(field, value, named):
   config = default_config()
@@ -62,4 +129,23 @@ def test_attention_resolution_message_lists_the_reachable_sizes():
   config = tiny.get_config()
   config.model.attention_resolutions = (4,)
   with pytest.raises(ConfigError, match=r"never works at 4x4.*\[16, 8\]"):
+    validate_config(config)
+
+
+def test_a_missing_or_unreadable_prompt_file_is_refused_up_front(tmp_path):
+  config = tiny.get_config()
+  config.sample.prompt_file = str(tmp_path / "missing.txt")
+  with pytest.raises(UserError, match=r"Cannot read the prompt file .*missing\.txt"):
+    validate_config(config)
+  (tmp_path / "latin1.txt").write_bytes("sept \u00e9crit\n".encode("latin-1"))
+  config.sample.prompt_file = str(tmp_path / "latin1.txt")
+  with pytest.raises(UserError, match="not UTF-8"):
+    validate_config(config)
+
+
+def test_a_classifier_dir_that_is_a_file_is_refused_up_front(tmp_path):
+  (tmp_path / "file").write_text("x")
+  config = tiny.get_config()
+  config.eval.classifier_dir = str(tmp_path / "file")
+  with pytest.raises(ConfigError, match=r"config\.eval\.classifier_dir = .* it is a file"):
     validate_config(config)

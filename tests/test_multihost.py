@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from glide_jax.train import Experiment, train_and_evaluate
+from glide_jax.experiment import Experiment
+from glide_jax.train.loop import train
+from helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 480  # Per launch; about a minute each on an idle 2-core machine.
 OVERRIDES = {"train.log_every": 1, "train.checkpoint_every": 2, "train.keep_checkpoints": 10,
              "train.sample_every": 2}  # The sampler runs across processes too (gathered on every host).
@@ -100,14 +101,14 @@ def test_checkpoint_from_eight_devices_restores_here_and_continues(runs, tmp_pat
   config = tiny.get_config()
   config.update_from_flattened_dict(OVERRIDES)
   config.train.num_steps = 6
-  exp = Experiment.from_config(config)
-  checkpointer = exp.checkpointer(str(tmp_path), read_only=True)
+  exp = Experiment(config, str(tmp_path))
+  checkpointer = exp.checkpointer(read_only=True)
   restored = exp.restore_or_init(checkpointer)
   checkpointer.close()
   assert int(restored.step) == 4
   for leaf in jax.tree_util.tree_leaves((restored.params, restored.opt_state)):
     assert leaf.sharding.mesh.devices.size == len(jax.devices())  # Laid out on the current mesh.
-  state = train_and_evaluate(config, str(tmp_path))
+  state = train(config, str(tmp_path))
   assert int(state.step) == 6
   steps, loss = losses(tmp_path)
   assert steps == [1, 2, 3, 4, 5, 6]

@@ -5,9 +5,10 @@ import os
 
 import pytest
 
+from helpers.paths import REPO
+
 papermill = pytest.importorskip("papermill")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "glide_mnist_tpu.ipynb")
 
 

@@ -5,15 +5,14 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from glide_jax import sharding
 from glide_jax.errors import ConfigError
+from helpers.paths import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESHES = ("8x1", "4x2", "2x4")
 
 

@@ -27,6 +27,10 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar, max_beta: float = 0.999) 
   return np.array(betas, dtype=np.float64)
 
 
+# Schedule names the config accepts (config.diffusion.noise_schedule); the config validator reads this table.
+SCHEDULE_NAMES = ("linear", "squaredcos_cap_v2", "cosine")
+
+
 def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
   """Betas [T] in float64 for "linear" or "squaredcos_cap_v2" (alias "cosine")."""
   if num_timesteps < 1:

@@ -13,8 +13,13 @@ import pytest
 from scipy.special import ndtr
 
 from glide_jax.diffusion import (
-    GaussianDiffusion, approx_standard_normal_cdf, discretized_gaussian_log_likelihood, hybrid_loss, normal_kl,
-    vb_terms_bpd)
+  GaussianDiffusion,
+  approx_standard_normal_cdf,
+  discretized_gaussian_log_likelihood,
+  hybrid_loss,
+  normal_kl,
+  vb_terms_bpd,
+)
 
 SHAPE = (8, 4, 4, 3)  # NHWC; model outputs are [..., 6].
 

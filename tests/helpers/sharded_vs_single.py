@@ -12,11 +12,11 @@ import numpy as np
 from configs import tiny
 from glide_jax import sharding
 from glide_jax.errors import UserError
-from glide_jax.train import Experiment
+from glide_jax.experiment import Experiment
 
 
 def run(mesh, config, steps=3):
-  exp = Experiment.from_config(config, mesh=mesh)
+  exp = Experiment(config, mesh=mesh)
   batches = exp.batch_source()
   state, step_fn = exp.init_fn(), exp.train_step_fn()
   rng = jax.random.key(1)

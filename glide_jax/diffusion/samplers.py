@@ -1,0 +1,54 @@
+"""The reverse process, one step at a time: ancestral (DDPM) and DDIM updates, and the whole loop as a scan."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from glide_jax.diffusion.gaussian import GaussianDiffusion, extract
+
+# Sampler names the config accepts (config.sample.sampler); the config validator reads this table.
+SAMPLERS = ("ddpm", "ddim")
+
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t [B,H,W,C], index [B]) → output [B,H,W,2C]
+
+
+def p_sample_step(diffusion: GaussianDiffusion, output: jax.Array, x: jax.Array, t: jax.Array,
+                  noise: jax.Array) -> jax.Array:
+  """x_{t−1} = μ_θ(x_t, t) + [t ≠ 0] σ_θ z: ancestral sampling from p_θ (DDPM Alg. 2, x̂_0 clipped)."""
+  out = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
+  nonzero = (t != 0).astype(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+  return out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise
+
+
+def ddim_step(diffusion: GaussianDiffusion, output: jax.Array, x: jax.Array, t: jax.Array, noise: jax.Array,
+              eta: float = 0.0) -> jax.Array:
+  """DDIM (Song et al. 2021, eq. 12): x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε′ + [t ≠ 0] σ z.
+
+  ε′ is recomputed from the clipped x̂_0; σ = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}).
+  """
+  out = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
+  eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
+  abar = extract(diffusion.alphas_cumprod, t, x.ndim)
+  abar_prev = extract(diffusion.alphas_cumprod_prev, t, x.ndim)
+  sigma = eta * jnp.sqrt((1 - abar_prev) / (1 - abar)) * jnp.sqrt(1 - abar / abar_prev)
+  mean = out["pred_xstart"] * jnp.sqrt(abar_prev) + jnp.sqrt(1 - abar_prev - sigma ** 2) * eps
+  nonzero = (t != 0).astype(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+  return mean + nonzero * sigma * noise
+
+
+def sample_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x_T: jax.Array, rng: jax.Array,
+                sampler: str = "ddpm", eta: float = 0.0) -> jax.Array:
+  """Runs t = K−1 … 0 as one lax.scan; step i's noise is normal(fold_in(rng, i))."""
+  step = functools.partial(ddim_step, eta=eta) if sampler == "ddim" else p_sample_step
+
+  def body(x, i):
+    t = jnp.full((x.shape[0],), i, jnp.int32)
+    noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
+    return step(diffusion, model_fn(x, t), x, t, noise), None
+
+  x, _ = jax.lax.scan(body, x_T, jnp.arange(diffusion.num_timesteps - 1, -1, -1))
+  return x

@@ -1,0 +1,161 @@
+"""The evaluation classifier, trained once per (dataset, image size) and cached on disk.
+
+`params.msgpack` (flax.serialization) and `classifier.json` (test accuracy, dataset, image size,
+channels, splits, steps, seconds) live in config.eval.classifier_dir if set, else
+$GLIDE_CACHE_DIR/classifiers/<dataset>_<size>px, else ~/.cache/glide_jax/classifiers/<dataset>_<size>px.
+`python main.py --mode=train_classifier` fills it; `--mode=eval` trains it on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Optional
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from glide_jax.config import validate_config
+from glide_jax.errors import UserError
+from glide_jax.evaluation.classifier import Classifier, features, logits, train_classifier
+
+PARAMS_FILE = "params.msgpack"
+INFO_FILE = "classifier.json"
+
+
+def default_cache_dir(data_config: ml_collections.ConfigDict) -> str:
+  """$GLIDE_CACHE_DIR (else ~/.cache/glide_jax)/classifiers/<dataset>_<size>px."""
+  root = os.environ.get("GLIDE_CACHE_DIR") or os.path.join("~", ".cache", "glide_jax")
+  name = data_config.name.replace("/", "_")
+  return os.path.join(os.path.expanduser(root), "classifiers", f"{name}_{data_config.image_size}px")
+
+
+def cache_dir(config: ml_collections.ConfigDict) -> str:
+  """config.eval.classifier_dir if set, else the default cache directory for the dataset and image size."""
+  if config.eval.classifier_dir:
+    return os.path.abspath(os.path.expanduser(config.eval.classifier_dir))
+  return default_cache_dir(config.data)
+
+
+@dataclasses.dataclass
+class TrainedClassifier:
+  """Parameters and the record of how they were made (classifier.json)."""
+
+  params: Any
+  info: dict
+  directory: str
+
+  @property
+  def test_accuracy(self) -> float:
+    return float(self.info["test_accuracy"])
+
+  def features(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    return features(self.params, images, batch_size)
+
+  def logits(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    return logits(self.params, images, batch_size)
+
+
+def save_classifier(directory: str, params: Any, info: dict) -> None:
+  """Writes params.msgpack and classifier.json (each to a temporary file first, then renamed)."""
+  try:
+    os.makedirs(directory, exist_ok=True)
+    for name, content, mode in ((PARAMS_FILE, flax.serialization.to_bytes(params), "wb"),
+                                (INFO_FILE, json.dumps(info, indent=2) + "\n", "w")):
+      tmp = os.path.join(directory, f".{name}.tmp")
+      with open(tmp, mode) as f:
+        f.write(content)
+      os.replace(tmp, os.path.join(directory, name))
+  except OSError as e:
+    raise UserError(f"Cannot write the classifier cache in {directory}: {e.strerror}. Set "
+                    f"--config.eval.classifier_dir or $GLIDE_CACHE_DIR to a writable directory.") from None
+
+
+def _expected_info(config: ml_collections.ConfigDict) -> dict:
+  return {"dataset": config.data.name, "image_size": int(config.data.image_size),
+          "channels": int(config.data.channels)}
+
+
+def load_classifier(config: ml_collections.ConfigDict, directory: Optional[str] = None) -> Optional[TrainedClassifier]:
+  """The cached classifier for config.data, or None if the directory holds none.
+
+  A cache made for another dataset, image size or channel count, or an unreadable one, is a UserError.
+  """
+  directory = directory or cache_dir(config)
+  params_path, info_path = os.path.join(directory, PARAMS_FILE), os.path.join(directory, INFO_FILE)
+  if not (os.path.exists(params_path) and os.path.exists(info_path)):
+    return None
+  fix = f"Delete {directory} to retrain it, or point --config.eval.classifier_dir elsewhere."
+  try:
+    with open(info_path) as f:
+      info = json.load(f)
+    with open(params_path, "rb") as f:
+      params = flax.serialization.msgpack_restore(f.read())
+  except (OSError, ValueError) as e:
+    raise UserError(f"The cached classifier in {directory} cannot be read ({e}). {fix}") from None
+  if not isinstance(info, dict):
+    raise UserError(f"The cached classifier record {info_path} is not a JSON object. {fix}")
+  expected = _expected_info(config)
+  differing = {k: (info.get(k), v) for k, v in expected.items() if info.get(k) != v}
+  if differing:
+    raise UserError(f"The cached classifier in {directory} was trained for another dataset or image shape ("
+                    + ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in differing.items()) + f"). {fix}")
+  try:
+    num_classes = int(params["head"]["kernel"].shape[-1])
+    size, channels = expected["image_size"], expected["channels"]
+    shapes = jax.eval_shape(Classifier(num_classes=num_classes).init, jax.random.key(0),
+                            jnp.zeros((1, size, size, channels)))["params"]
+    same = jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(params) and all(
+        a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(params)))
+  except (KeyError, TypeError, AttributeError, IndexError):
+    same = False
+  if not same:
+    raise UserError(f"The cached classifier parameters in {params_path} do not fit the classifier network. {fix}")
+  return TrainedClassifier(params=params, info=info, directory=directory)
+
+
+def get_or_train_classifier(config: ml_collections.ConfigDict, verbose: bool = True) -> TrainedClassifier:
+  """The cached classifier for config.data's dataset and image size; trains and caches it if there is none."""
+  directory = cache_dir(config)
+  cached = load_classifier(config, directory)
+  if cached is not None:
+    if verbose:
+      print(f"Using the cached classifier in {directory} (test accuracy "
+            f"{cached.test_accuracy:.4f}).", flush=True)
+    return cached
+  e = config.eval
+  if verbose:
+    print(f"No cached classifier in {directory}: training one.", flush=True)
+  start = time.perf_counter()
+  params, test_accuracy = train_classifier(
+      config.data, seed=config.seed, steps=e.classifier_steps, batch_size=e.classifier_batch_size,
+      learning_rate=e.classifier_learning_rate, train_split=e.classifier_train_split,
+      test_split=config.data.test_split, augment=e.classifier_augment, verbose=verbose)
+  info = dict(_expected_info(config), test_accuracy=test_accuracy, test_split=config.data.test_split,
+              train_split=e.classifier_train_split, steps=int(e.classifier_steps),
+              batch_size=int(e.classifier_batch_size), learning_rate=float(e.classifier_learning_rate),
+              augment=bool(e.classifier_augment), seed=int(config.seed),
+              seconds=round(time.perf_counter() - start, 1), jax_backend=jax.default_backend())
+  if jax.process_index() == 0:
+    save_classifier(directory, params, info)
+    if verbose:
+      print(f"Saved the classifier to {directory}.", flush=True)
+  if test_accuracy < 0.99 and verbose:
+    print(f"warning: the classifier's test accuracy is {test_accuracy:.4f} (< 0.99); its prompt accuracy and "
+          f"FID are rougher. More --config.eval.classifier_steps helps.", flush=True)
+  return TrainedClassifier(params=params, info=info, directory=directory)
+
+
+def train_classifier_mode(config: ml_collections.ConfigDict, workdir: Optional[str] = None) -> TrainedClassifier:
+  """--mode=train_classifier: the checked config's classifier, trained and cached unless already cached.
+
+  The workdir is not used: the cache is shared by every run on the same dataset and image size.
+  """
+  del workdir
+  validate_config(config)
+  return get_or_train_classifier(config, verbose=jax.process_index() == 0)

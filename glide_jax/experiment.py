@@ -1,0 +1,134 @@
+"""The Experiment: everything a config (and a workdir) determines, built once and shared by every mode.
+
+Training, `--mode=sample`, `--mode=eval`, the benchmark and the notebook all start from
+`Experiment(config, workdir)`: it validates the config, then holds the tokenizer, the model, the diffusion
+process, the device mesh and the training state's layout on it, and it opens the workdir and its
+checkpoints. The modes add only what is theirs (the loop, the sweep, the scores).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from glide_jax import data as data_lib
+from glide_jax import sharding as sharding_lib
+from glide_jax.config import num_microbatches, validate_config
+from glide_jax.diffusion import GaussianDiffusion
+from glide_jax.errors import UserError
+from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer
+from glide_jax.rng import stream_key
+from glide_jax.sampling import batched
+from glide_jax.sampling.guided import GuidedSampler
+from glide_jax.train import checkpoint as ckpt_lib
+from glide_jax.train.step import TrainState, make_optimizer, make_sharded_init, make_sharded_train_step
+
+
+class Experiment:
+  """A validated config made concrete: tokenizer, model, diffusion, mesh, state layout and workdir."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: Optional[str] = None,
+               mesh: Optional[jax.sharding.Mesh] = None):
+    validate_config(config)
+    self.config = config
+    self.workdir = os.path.abspath(os.path.expanduser(workdir)) if workdir else None
+    self.tokenizer = get_tokenizer(config.model.tokenizer)
+    self.model_config = ModelConfig.from_config(config, self.tokenizer.vocab_size)
+    self.model = Text2ImUNet(self.model_config)
+    self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps)
+    self.mesh = mesh if mesh is not None else sharding_lib.make_mesh(config.mesh.shape)
+    self.optimizer = make_optimizer(config)
+    self.init_fn, self.state_shardings = make_sharded_init(self.mesh, self.model, self.optimizer,
+                                                           stream_key(config.seed, "init"))
+    self.abstract_state = ckpt_lib.abstract_with_shardings(jax.eval_shape(self.init_fn), self.state_shardings)
+
+  # --- The workdir and its checkpoints -----------------------------------------------------------------
+
+  def open_workdir(self, create: bool) -> str:
+    """The workdir's absolute path, created if `create` (training), else required to exist (sample, eval).
+
+    A path that is a file, cannot be created or is not writable is a UserError that names it.
+    """
+    workdir = self.workdir
+    if workdir is None:
+      raise ValueError("This Experiment was built without a workdir.")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+      raise UserError(f"--workdir {workdir} is a file, not a directory; pass a directory path.")
+    if not create:
+      if not os.path.isdir(workdir):
+        raise UserError(f"--workdir {workdir} does not exist: point it at a training run's directory.")
+      return workdir
+    try:
+      os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"Cannot create --workdir {workdir}: {e.strerror}. Pass a writable directory.") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise UserError(f"--workdir {workdir} is not writable; pass a directory you can write to.")
+    return workdir
+
+  def checkpointer(self, read_only: bool = False) -> ckpt_lib.Checkpointer:
+    return ckpt_lib.Checkpointer(os.path.join(self.open_workdir(create=not read_only), "checkpoints"),
+                                 keep=self.config.train.keep_checkpoints, read_only=read_only)
+
+  def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
+    """The latest readable checkpoint (older ones if the latest is damaged), or a fresh state if none."""
+    if checkpointer.latest_step() is None:
+      return self.init_fn()
+    check = lambda saved: ckpt_lib.check_same_model(saved, self.config, checkpointer.directory)  # noqa: E731
+    state, _ = checkpointer.restore_latest_readable(self.abstract_state, check)
+    return state
+
+  def load_params(self, use_ema: bool = True) -> tuple[Any, int]:
+    """(EMA or raw parameters, step) of the workdir's latest checkpoint; a UserError when there is none."""
+    checkpointer = self.checkpointer(read_only=True)
+    try:
+      if checkpointer.latest_step() is None:
+        raise UserError(f"No checkpoint in {checkpointer.directory}: train first with "
+                        f"`python main.py --config=... --workdir={self.workdir}` (sampling and evaluation need one).")
+      state = self.restore_or_init(checkpointer)
+    finally:
+      checkpointer.close()
+    return (state.ema_params if use_ema else state.params), int(jax.device_get(state.step))
+
+  # --- Training ------------------------------------------------------------------------------------------
+
+  def train_step_fn(self):
+    """The jitted, sharded update (state donated): (state, batch, train_rng) → (state, metrics)."""
+    sharding_lib.check_batch_divisible(self.config.train.batch_size, self.mesh,
+                                       microbatches=num_microbatches(self.config.train))
+    return make_sharded_train_step(self.mesh, self.state_shardings, model=self.model, diffusion=self.diffusion,
+                                   optimizer=self.optimizer, config=self.config, pad_id=self.tokenizer.pad_id)
+
+  @property
+  def train_rng(self) -> jax.Array:
+    """The training stream's key; step k folds in k."""
+    return stream_key(self.config.seed, "train")
+
+  def batch_source(self) -> data_lib.BatchSource:
+    c = self.config
+    return data_lib.BatchSource(data_lib.load_dataset(c.data), self.tokenizer, c.model.text_ctx,
+                                c.data.prompt_templates, c.train.batch_size, c.seed, jax.process_index(),
+                                jax.process_count())
+
+  # --- Sampling ------------------------------------------------------------------------------------------
+
+  def class_names(self) -> tuple[str, ...]:
+    """The dataset's class words ("zero" … "nine" for MNIST), from its metadata alone."""
+    return data_lib.class_names_of(self.config.data)
+
+  def make_sampler(self, sampler: str = "ddpm", respacing: str = "", eta: float = 0.0) -> GuidedSampler:
+    """A compiled guided sampler over this model and mesh ("ddpm" or "ddim", respaced as given)."""
+    return GuidedSampler(model=self.model, base_diffusion=self.diffusion, sampler=sampler, respacing=respacing,
+                         eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh)
+
+  def sample_grid(self, sampler: GuidedSampler, params: Any, prompts: Sequence[str], scales: Sequence[float],
+                  num_per_prompt: int, rng: jax.Array) -> np.ndarray:
+    """uint8 samples [P, S, K, H, W, C] for every prompt, guidance scale and repeat, config.sample.batch_size
+    rows per sampler call."""
+    tokens, mask = self.tokenizer.tokenize_batch(list(prompts), self.config.model.text_ctx)
+    return batched.sample_grid(sampler, params, tokens, mask, np.asarray(scales, np.float32), num_per_prompt, rng,
+                               self.config.sample.batch_size, self.mesh.size)

@@ -1,0 +1,52 @@
+"""Process set-up, before any work: CPU devices (before JAX starts) and the multi-host runtime.
+
+This module imports JAX only inside `initialize_distributed`, so `use_all_cpu_cores` can run first.
+"""
+
+import os
+from typing import Optional
+
+# XLA's CPU scheduler that orders the step's operations to keep fewer buffers alive at once: less temporary
+# memory per device and no slower (docs/benchmarks.md). It only affects the CPU compiler.
+CPU_MEMORY_SCHEDULER = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+
+
+def use_all_cpu_cores() -> None:
+  """On CPU, XLA runs one device's convolutions on about one core: one host device per core uses them all.
+
+  Sets --xla_force_host_platform_device_count to the core count unless XLA_FLAGS already sets it or
+  GLIDE_HOST_DEVICES=0, and XLA's memory-optimised CPU scheduler unless XLA_FLAGS names a scheduler.
+  Both shape only the CPU platform, so they are harmless on GPU and TPU.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_scheduler_type" not in flags:
+    flags = f"{flags} {CPU_MEMORY_SCHEDULER}".strip()
+  if "xla_force_host_platform_device_count" not in flags and os.environ.get("GLIDE_HOST_DEVICES", "1") != "0":
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    flags = f"{flags} --xla_force_host_platform_device_count={count}"
+  os.environ["XLA_FLAGS"] = flags
+
+
+def initialize_distributed(coordinator_address: Optional[str], num_processes: Optional[int],
+                           process_id: Optional[int]) -> None:
+  """Joins a multi-process JAX runtime when one is asked for; a single process does nothing.
+
+  A manual launch names all three (flags or $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID);
+  on a TPU pod slice or under SLURM, JAX finds the other processes by itself. An incomplete manual launch
+  is a UserError.
+  """
+  import jax
+
+  from glide_jax.errors import UserError
+
+  if num_processes and num_processes > 1:
+    if not coordinator_address or process_id is None or not 0 <= process_id < num_processes:
+      raise UserError(f"a manual multi-host launch of {num_processes} processes needs --coordinator_address="
+                      f"HOST:PORT (process 0's host) and --process_id from 0 to {num_processes - 1} on every "
+                      f"process (or $JAX_COORDINATOR_ADDRESS and $JAX_PROCESS_ID).")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif num_processes is None and any(v in os.environ for v in ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS")):
+    jax.distributed.initialize()  # Cluster auto-detection (TPU pod slices, SLURM).
+  if jax.process_count() > 1:
+    print(f"JAX process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+          f"devices, {jax.device_count()} in all.", flush=True)

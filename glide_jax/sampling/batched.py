@@ -1,0 +1,40 @@
+"""Sampling any number of (prompt, guidance scale) rows with one compiled sampler, in device-sized batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from glide_jax import sharding as sharding_lib
+from glide_jax.sampling import images as images_lib
+from glide_jax.sampling.guided import GuidedSampler
+
+
+def sample_in_batches(sampler: GuidedSampler, params: Any, tokens: np.ndarray, mask: np.ndarray,
+                      scales: np.ndarray, rng: jax.Array, batch_size: int, num_devices: int) -> np.ndarray:
+  """Images [N, H, W, C] in [−1, 1] for N rows, in batches padded to a multiple of the device count.
+
+  Batch i draws from fold_in(rng, i), so the result depends on batch_size but not on the device count.
+  """
+  step = max(num_devices, batch_size // num_devices * num_devices)
+  outputs = []
+  for i, start in enumerate(range(0, len(tokens), step)):
+    sl = slice(start, start + step)
+    n = len(tokens[sl])
+    pad = (-n) % num_devices
+    t, m, s = (np.concatenate([a[sl], np.repeat(a[sl][-1:], pad, axis=0)]) for a in (tokens, mask, scales))
+    x = sampler(params, t, m, s, jax.random.fold_in(rng, i))
+    outputs.append(sharding_lib.to_host(x)[:n])
+  return np.concatenate(outputs)
+
+
+def sample_grid(sampler: GuidedSampler, params: Any, tokens: np.ndarray, mask: np.ndarray, scales: np.ndarray,
+                num_per_prompt: int, rng: jax.Array, batch_size: int, num_devices: int) -> np.ndarray:
+  """uint8 samples [P, S, K, H, W, C] for P tokenized prompts [P, L], S guidance scales and K repeats."""
+  p, s, k = len(tokens), len(scales), num_per_prompt
+  rows = np.array([(i, j) for i in range(p) for j in range(s) for _ in range(k)])
+  flat = sample_in_batches(sampler, params, tokens[rows[:, 0]], mask[rows[:, 0]],
+                           np.asarray(scales, np.float32)[rows[:, 1]], rng, batch_size, num_devices)
+  return images_lib.to_uint8(flat).reshape(p, s, k, *flat.shape[1:])

@@ -1,0 +1,161 @@
+"""The training state and the jitted update: hybrid loss with conditioning dropout, Adam, EMA."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from glide_jax import sharding as sharding_lib
+from glide_jax.config import num_microbatches
+from glide_jax.diffusion import GaussianDiffusion, hybrid_loss
+from glide_jax.model import Text2ImUNet, init_params
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  nonfinite_streak: jax.Array  # Consecutive steps skipped for a non-finite loss or gradient.
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Constant learning rate (the reference lesson's), after an optional linear warm-up."""
+  t = config.train
+  if t.warmup_steps > 0:
+    return optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+  return optax.constant_schedule(t.learning_rate)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Clip by global norm, then Adam (the reference lesson: lr 2e-4, betas (0.9, 0.99), clip 1.0)."""
+  t = config.train
+  return optax.chain(
+      optax.clip_by_global_norm(t.grad_clip),
+      optax.adam(learning_rate_schedule(config), b1=t.adam_b1, b2=t.adam_b2))
+
+
+def init_train_state(model: Text2ImUNet, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  params = init_params(model, rng)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=optimizer.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
+
+
+def drop_conditioning(rng: jax.Array, tokens: jax.Array, mask: jax.Array, p_uncond: float,
+                      pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """Replaces each example's prompt by the empty prompt (all pad, mask False) with probability p_uncond."""
+  drop = jax.random.bernoulli(rng, p_uncond, (tokens.shape[0],))
+  tokens = jnp.where(drop[:, None], jnp.asarray(pad_id, tokens.dtype), tokens)
+  mask = jnp.where(drop[:, None], False, mask)
+  return tokens, mask
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """min(decay, (1 + step) / (10 + step)): a short warm-up so early averages do not cling to the init."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch: dict[str, jax.Array],
+            rng: jax.Array, p_uncond: float, pad_id: int) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), prompts dropped with probability p_uncond."""
+  x_start = batch["images"]
+  t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
+  t = jax.random.randint(t_rng, (x_start.shape[0],), 0, diffusion.num_timesteps)
+  noise = jax.random.normal(noise_rng, x_start.shape, x_start.dtype)
+  x_t = diffusion.q_sample(x_start, t, noise)
+  tokens, mask = drop_conditioning(drop_rng, batch["tokens"], batch["mask"], p_uncond, pad_id)
+  model_t = jnp.asarray(diffusion.timestep_map)[t]
+  output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng})
+  terms = hybrid_loss(diffusion, output, x_start, x_t, t, noise)
+  metrics = {k: jnp.mean(v) for k, v in terms.items()}
+  return metrics["loss"], metrics
+
+
+def split_microbatches(batch: dict[str, jax.Array], microbatches: int) -> dict[str, jax.Array]:
+  """[B, ...] → [microbatches, B / microbatches, ...], microbatch i holding rows i, i + k, i + 2k, ...
+
+  Strided rather than contiguous, so each device's contiguous block of rows holds its part of every
+  microbatch and the split moves no data between devices.
+  """
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1)
+  return jax.tree_util.tree_map(split, batch)
+
+
+def loss_and_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, microbatches: int,
+                   **loss_kwargs) -> tuple[tuple[jax.Array, dict[str, jax.Array]], Any]:
+  """((loss, metrics), gradients) of the batch; with microbatches > 1, averaged over that many
+  microbatches (gradient accumulation). Microbatch i draws its randomness from fold_in(rng, i); every
+  loss term is a mean, so the mean over equal microbatches is the batch's mean. On CPU, microbatches
+  of about 8 examples per device run faster than one large batch (their activations stay in cache).
+  """
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, **loss_kwargs), has_aux=True)
+  if microbatches == 1:
+    return grad_fn(params, batch=batch, rng=rng)
+
+  # A Python loop (unrolled in the compiled step): XLA's CPU backend does not hand convolutions inside a
+  # loop body to its fast kernels: as a lax.scan the step is many times slower (docs/benchmarks.md).
+  parts = split_microbatches(batch, microbatches)
+  total = None
+  for i in range(microbatches):
+    result = grad_fn(params, batch=jax.tree_util.tree_map(lambda x: x[i], parts),  # noqa: B023
+                     rng=jax.random.fold_in(rng, i))
+    total = result if total is None else jax.tree_util.tree_map(jnp.add, total, result)
+  return jax.tree_util.tree_map(lambda x: x / microbatches, total)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Array, *, model: Text2ImUNet,
+               diffusion: GaussianDiffusion, optimizer: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, pad_id: int) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update. The step's randomness is fold_in(base_rng, step), so it never depends on history.
+
+  A step whose loss or gradient is not finite changes nothing but the step counter and the streak of
+  such steps (metrics["nonfinite"] = 1).
+  """
+  rng = jax.random.fold_in(base_rng, state.step)
+  (loss, metrics), grads = loss_and_grads(state.params, batch, rng, num_microbatches(config.train), model=model,
+                                         diffusion=diffusion, p_uncond=config.train.p_uncond, pad_id=pad_id)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  decay = ema_decay_at(state.step, config.train.ema_decay)
+  ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  keep_if_bad = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+  metrics["grad_norm"] = grad_norm
+  metrics["learning_rate"] = learning_rate_schedule(config)(state.step)
+  metrics["nonfinite"] = (~finite).astype(jnp.float32)
+  streak = jnp.where(finite, 0, state.nonfinite_streak + 1)
+  metrics["nonfinite_streak"] = streak
+  new_state = TrainState(
+      step=state.step + 1, params=keep_if_bad(params, state.params),
+      ema_params=keep_if_bad(ema_params, state.ema_params), opt_state=keep_if_bad(opt_state, state.opt_state),
+      nonfinite_streak=streak)
+  return new_state, metrics
+
+
+def make_sharded_train_step(mesh: Mesh, state_sharding: Any, **static) -> Callable:
+  """train_step jitted over the mesh: batch split over the batch axes, state donated and laid out as given."""
+  return jax.jit(
+      functools.partial(train_step, **static),
+      in_shardings=(state_sharding, sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)),
+      out_shardings=(state_sharding, sharding_lib.replicated(mesh)),
+      donate_argnums=(0,))
+
+
+def make_sharded_init(mesh: Mesh, model: Text2ImUNet, optimizer: optax.GradientTransformation,
+                      rng: jax.Array) -> tuple[Callable[[], TrainState], Any]:
+  """(init function producing the state directly in its shardings, those shardings)."""
+  init = functools.partial(init_train_state, model, optimizer, rng)
+  abstract = jax.eval_shape(init)
+  shardings = sharding_lib.state_shardings(mesh, abstract)
+  return jax.jit(init, out_shardings=shardings), shardings

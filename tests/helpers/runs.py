@@ -1,0 +1,144 @@
+"""Running main.py on the tiny config in subprocesses, and looking at what a run left in its workdir."""
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+
+import jax
+
+from configs import tiny
+from glide_jax.experiment import Experiment
+from helpers.paths import REPO
+
+HOST_DEVICES = 2  # Every main.py subprocess gets exactly this many CPU devices, whatever the machine.
+TMP_MARK = "orbax-checkpoint-tmp"
+
+
+def main_env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={HOST_DEVICES}"
+  env["JAX_PLATFORMS"] = "cpu"
+  # Cache even quick compiles: every restart would otherwise recompile Orbax's dozens of small save programs.
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["PYTHONUNBUFFERED"] = "1"
+  return env
+
+
+def main_cmd(workdir, *overrides, mode="train"):
+  return [sys.executable, os.path.join(REPO, "main.py"), "--config=configs/tiny.py", f"--workdir={workdir}",
+          f"--mode={mode}", *overrides]
+
+
+def run_main(workdir, *overrides, mode="train", timeout=300):
+  return subprocess.run(main_cmd(workdir, *overrides, mode=mode), cwd=REPO, env=main_env(), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def popen_main(workdir, log_prefix, *overrides):
+  out, err = open(f"{log_prefix}.out", "w"), open(f"{log_prefix}.err", "w")
+  proc = subprocess.Popen(main_cmd(workdir, *overrides), cwd=REPO, env=main_env(), stdout=out, stderr=err)
+  out.close()
+  err.close()
+  return proc
+
+
+def read(path):
+  with open(path, encoding="utf-8", errors="replace") as f:
+    return f.read()
+
+
+def wait_until(predicate, timeout, interval=0.05):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(interval)
+  return predicate()
+
+
+def checkpoint_steps(workdir):
+  """Finished checkpoints (Orbax renames a step's temporary directory to the bare number when done)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+
+
+def tmp_checkpoints(workdir):
+  directory = os.path.join(workdir, "checkpoints")
+  try:
+    return [n for n in os.listdir(directory) if TMP_MARK in n]
+  except FileNotFoundError:
+    return []
+
+
+def metric_steps(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  return [int(m) for m in re.findall(r'"step": (\d+)', read(path))]
+
+
+def progress_counts(err_path):
+  """Step counts the tqdm bar printed so far (its first entry is the step the run started at)."""
+  return [int(n) for n in re.findall(r"\|\s*(\d+)/\d+ \[", read(err_path))]
+
+
+def resumed_from(text):
+  return [int(n) for n in re.findall(r"Resuming from the checkpoint at step (\d+)", text)]
+
+
+def snapshot(root):
+  """{relative path: content hash or 'dir'} of everything under root (or of root itself if a file)."""
+  def digest(path):
+    with open(path, "rb") as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  if os.path.isfile(root):
+    return {".": digest(root)}
+  tree = {}
+  for dirpath, dirnames, filenames in os.walk(root):
+    for d in dirnames:
+      tree[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+    for f in filenames:
+      tree[os.path.relpath(os.path.join(dirpath, f), root)] = digest(os.path.join(dirpath, f))
+  return tree
+
+
+def assert_nothing_removed_or_changed(before, after):
+  missing = sorted(set(before) - set(after))
+  changed = sorted(k for k in before if k in after and before[k] != after[k])
+  assert not missing and not changed, f"deleted: {missing[:10]}, changed: {changed[:10]}"
+
+
+def restore_checkpoint(config, workdir, step=None):
+  """The TrainState of a checkpoint, restored in this process (its single device)."""
+  exp = Experiment(config, str(workdir))
+  checkpointer = exp.checkpointer(read_only=True)
+  try:
+    state, _ = checkpointer.restore(exp.abstract_state, step)
+  finally:
+    checkpointer.close()
+  return jax.device_get(state)
+
+
+def corrupt_checkpoint(workdir, step):
+  """Overwrites the array data files and the OCDBT manifest of a checkpoint's state with garbage."""
+  state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
+  paths = [os.path.join(state_dir, "manifest.ocdbt")]
+  paths += [os.path.join(state_dir, "d", n) for n in os.listdir(os.path.join(state_dir, "d"))]
+  assert len(paths) >= 2
+  for path in paths:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+      f.write((b"\xde\xad\xbe\xef" * (size // 4 + 1))[:size])
+
+
+def tiny_config(**train):
+  config = tiny.get_config()
+  for k, v in train.items():
+    config.train[k] = v
+  return config

@@ -1,0 +1,50 @@
+"""Shared layers: the CPU-friendly GroupNorm against flax's nn.GroupNorm and a float64 transcription."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from glide_jax.model.layers import GroupNorm32, group_norm
+
+
+def np_group_norm(x, scale, bias, groups, eps):
+  n, c = x.shape[0], x.shape[-1]
+  xg = x.reshape(n, -1, groups, c // groups).astype(np.float64)
+  mean = xg.mean(axis=(1, 3), keepdims=True)
+  var = xg.var(axis=(1, 3), keepdims=True)
+  return (((xg - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias)
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 8, 8, 96), 32), ((2, 4, 4, 384), 32), ((2, 5, 6, 16), 4),
+                                          ((4, 7, 12), 3)])
+def test_group_norm_matches_flax_and_float64(shape, groups):
+  rng = np.random.default_rng(0)
+  # An offset mean and uneven scales per channel, as after a convolution.
+  x = (rng.normal(size=shape) * rng.uniform(0.5, 3, shape[-1]) + 2.0).astype(np.float32)
+  scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
+  bias = rng.normal(size=shape[-1]).astype(np.float32)
+  ours = np.asarray(jax.jit(group_norm, static_argnums=(3, 4))(x, scale, bias, groups, 1e-5))
+  np.testing.assert_allclose(ours, np_group_norm(x, scale, bias, groups, 1e-5), rtol=1e-4, atol=2e-5)
+  flax_norm = nn.GroupNorm(num_groups=groups, epsilon=1e-5)
+  theirs = flax_norm.apply({"params": {"scale": scale, "bias": bias}}, x)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=2e-5)
+
+
+def test_group_norm_gradients_match_flax():
+  rng = np.random.default_rng(1)
+  x = (rng.normal(size=(2, 6, 6, 96)) + 1.0).astype(np.float32)
+  weights = rng.normal(size=x.shape).astype(np.float32)
+  params = {"scale": rng.uniform(0.5, 1.5, 96).astype(np.float32), "bias": rng.normal(size=96).astype(np.float32)}
+  ours = jax.grad(lambda p, x: (group_norm(x, p["scale"], p["bias"], 32, 1e-5) * weights).sum(), (0, 1))(params, x)
+  flax_norm = nn.GroupNorm(num_groups=32, epsilon=1e-5)
+  theirs = jax.grad(lambda p, x: (flax_norm.apply({"params": p}, x) * weights).sum(), (0, 1))(params, x)
+  for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_group_norm_keeps_flax_parameter_names_and_init():
+  params = GroupNorm32(8).init(jax.random.key(0), np.zeros((1, 4, 4, 16), np.float32))["params"]
+  assert jax.tree_util.tree_map(np.shape, params) == {"norm": {"scale": (16,), "bias": (16,)}}
+  np.testing.assert_array_equal(params["norm"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["norm"]["bias"], 0.0)

@@ -1,0 +1,237 @@
+"""The compiled guided sampler (GLIDE_REFERENCE.md §3 DDIM, §4 classifier-free guidance) on a tiny model.
+
+References here are written independently of glide_jax.sampling: a plain Python loop over the steps with
+two separate forward passes (conditional, empty prompt) per step, and the formulas of the reference doc.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from glide_jax import sharding as sharding_lib
+from glide_jax.diffusion import GaussianDiffusion, respace, sample_loop, space_timesteps
+from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
+from glide_jax.sampling.guided import GuidedSampler
+
+RESPACING = "5"
+PROMPTS = ["7", "three"]
+B = len(PROMPTS)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = tiny.get_config()
+  tokenizer = get_tokenizer(config.model.tokenizer)
+  model = Text2ImUNet(ModelConfig.from_config(config, tokenizer.vocab_size))
+  # init_params, compiled without XLA's backend optimisations: the values are the same, the compile takes
+  # seconds instead of ten on a small CPU.
+  init = jax.jit(lambda rng: init_params(model, rng)).lower(jax.random.key(0)).compile(
+      compiler_options={"xla_backend_optimization_level": 0})
+  params = init(jax.random.key(0))
+  # The output layers are zero-initialised: perturb every parameter so ε, v and the text conditioning matter.
+  # (numpy noise: one eager jax.random call per parameter shape would compile ~150 small programs.)
+  noise = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(
+      lambda leaf: jnp.asarray(np.asarray(leaf) + 0.01 * noise.standard_normal(leaf.shape).astype(np.float32)),
+      params)
+  base = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps)
+  tokens, mask = tokenizer.tokenize_batch(PROMPTS, config.model.text_ctx)
+  empty_tokens, empty_mask = tokenizer.tokenize_batch([""] * B, config.model.text_ctx)
+  assert np.all(empty_tokens == tokenizer.pad_id) and not empty_mask.any()
+  forward = jax.jit(lambda p, x, t, tk, m: model.apply({"params": p}, x, t, tk, m))
+  diffusion = respace(base, space_timesteps(base.num_timesteps, RESPACING))
+  timestep_map = jnp.asarray(diffusion.timestep_map)
+
+  @functools.partial(jax.jit, static_argnames=("sampler", "eta"))
+  def plain_sample(params, tokens, mask, v_tokens, v_mask, x_T, loop_rng, sampler, eta=0.0):
+    """The unguided sampler: ε from the network on one prompt batch alone (fed the original timesteps),
+    v from the network on v_tokens (the same prompts, or the conditional ones: v is never guided)."""
+    def model_fn(x, t):
+      out = model.apply({"params": params}, x, timestep_map[t], tokens, mask)
+      v_out = model.apply({"params": params}, x, timestep_map[t], v_tokens, v_mask)
+      c = x.shape[-1]
+      return jnp.concatenate([out[..., :c], v_out[..., c:]], axis=-1)
+    return sample_loop(model_fn, diffusion, x_T, loop_rng, sampler, eta)
+
+  return dict(config=config, model=model, params=params, base=base, tokenizer=tokenizer, tokens=tokens,
+              mask=mask, empty_tokens=empty_tokens, empty_mask=empty_mask, forward=forward,
+              plain_sample=plain_sample,
+              shape=(B, config.data.image_size, config.data.image_size, config.data.channels))
+
+
+def make_sampler(setup, sampler="ddpm", eta=0.0, mesh=None):
+  return GuidedSampler(model=setup["model"], base_diffusion=setup["base"], sampler=sampler, respacing=RESPACING,
+                       eta=eta, pad_id=setup["tokenizer"].pad_id, mesh=mesh)
+
+
+@pytest.fixture(scope="module")
+def ddpm(setup):
+  return make_sampler(setup, "ddpm")
+
+
+@pytest.fixture(scope="module")
+def ddim(setup):
+  return make_sampler(setup, "ddim", 0.0)
+
+
+def split_like_sampler(setup, rng):
+  """GuidedSampler's convention: (init_rng, loop_rng) = split(rng); x_T = normal(init_rng)."""
+  init_rng, loop_rng = jax.random.split(rng)
+  return jax.random.normal(init_rng, setup["shape"], jnp.float32), loop_rng
+
+
+def run_plain(setup, sampler, x_T, loop_rng, empty=False, eta=0.0, v_from_conditional=False):
+  """Unguided sampling on the conditional prompts, or the empty prompt when `empty` (with the variance
+  output v taken from the conditional prompts instead when `v_from_conditional`)."""
+  cond = setup["tokens"], setup["mask"]
+  tokens, mask = (setup["empty_tokens"], setup["empty_mask"]) if empty else cond
+  v_tokens, v_mask = cond if v_from_conditional else (tokens, mask)
+  return np.asarray(setup["plain_sample"](setup["params"], tokens, mask, v_tokens, v_mask, x_T, loop_rng,
+                                          sampler=sampler, eta=eta))
+
+
+def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0):
+  """A plain Python loop over t = K−1 … 0: two forward passes, ε̃ = ε_u + s(ε_c − ε_u), v conditional."""
+  x, loop_rng = split_like_sampler(setup, rng)
+  c = x.shape[-1]
+  s = jnp.asarray(scales, jnp.float32)[:, None, None, None]
+  abar_table = diffusion.alphas_cumprod
+  for i in reversed(range(diffusion.num_timesteps)):
+    t = jnp.full((B,), i, jnp.int32)
+    original_t = jnp.full((B,), int(diffusion.timestep_map[i]), jnp.int32)
+    cond = setup["forward"](setup["params"], x, original_t, setup["tokens"], setup["mask"])
+    uncond = setup["forward"](setup["params"], x, original_t, setup["empty_tokens"], setup["empty_mask"])
+    output = jnp.concatenate([uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c]), cond[..., c:]], axis=-1)
+    noise = jax.random.normal(jax.random.fold_in(loop_rng, i), x.shape, x.dtype)
+    pm = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
+    if sampler == "ddpm":
+      x = pm["mean"] + (1.0 if i else 0.0) * jnp.exp(0.5 * pm["log_variance"]) * noise
+    else:
+      abar = float(abar_table[i])
+      abar_prev = float(abar_table[i - 1]) if i else 1.0
+      x0 = pm["pred_xstart"]  # Clipped to [−1, 1].
+      eps = (np.sqrt(1 / abar) * x - x0) / np.sqrt(1 / abar - 1)  # Recomputed from the clipped x̂_0.
+      sigma = eta * np.sqrt((1 - abar_prev) / (1 - abar)) * np.sqrt(1 - abar / abar_prev)
+      x = np.sqrt(abar_prev) * x0 + np.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps + (
+          sigma * noise if i else 0.0)
+  return np.asarray(x)
+
+
+def sample(sampler, setup, scales, seed=0, tokens=None, mask=None):
+  tokens = setup["tokens"] if tokens is None else tokens
+  mask = setup["mask"] if mask is None else mask
+  return np.asarray(sampler(setup["params"], tokens, mask, np.asarray(scales, np.float32), jax.random.key(seed)))
+
+
+# --- (1) the scan sampler equals a plain loop --------------------------------------------------------------
+@pytest.mark.parametrize("which,scales", [("ddpm", [3.0, 0.5]), ("ddim", [2.0, 1.0])])
+def test_scan_sampler_equals_python_loop(setup, ddpm, ddim, which, scales):
+  sampler = {"ddpm": ddpm, "ddim": ddim}[which]
+  assert sampler.num_steps == 5
+  assert sampler.diffusion.timestep_map.tolist() == [0, 25, 50, 74, 99]
+  got = sample(sampler, setup, scales, seed=3)
+  want = reference_loop(setup, sampler.diffusion, scales, jax.random.key(3), which)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  assert np.std(got) > 0.1
+
+
+# --- (2) scale 1 = conditional, scale 0 = unconditional ------------------------------------------------------
+@pytest.mark.parametrize("which", ["ddpm", "ddim"])
+def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(setup, ddpm, ddim, which):
+  sampler = {"ddpm": ddpm, "ddim": ddim}[which]
+  x_T, loop_rng = split_like_sampler(setup, jax.random.key(5))
+  conditional = run_plain(setup, which, x_T, loop_rng)
+  unconditional = run_plain(setup, which, x_T, loop_rng, empty=True)
+  # The prompt must matter for this test to mean anything.
+  assert np.abs(conditional - unconditional).max() > 0.05
+  np.testing.assert_allclose(sample(sampler, setup, [1.0, 1.0], seed=5), conditional, atol=1e-5, rtol=0)
+  # Scale 0 is the unconditional ε. The variance output v is not guided: it always comes from the
+  # conditional branch (reference §4), so DDPM at scale 0 is the empty prompt's ε with the prompt's v.
+  # DDIM does not use v: there scale 0 is exactly the unconditional sampler.
+  zero = sample(sampler, setup, [0.0, 0.0], seed=5)
+  uncond_eps = run_plain(setup, which, x_T, loop_rng, empty=True, v_from_conditional=True)
+  np.testing.assert_allclose(zero, uncond_eps, atol=1e-5, rtol=0)
+  if which == "ddim":
+    np.testing.assert_allclose(zero, unconditional, atol=1e-5, rtol=0)
+  else:
+    assert np.abs(zero - unconditional).max() > 1e-3  # The unconditional v would change the variance.
+  # Scales are per sample: row 0 unconditional, row 1 conditional in one batch.
+  mixed = sample(sampler, setup, [0.0, 1.0], seed=5)
+  np.testing.assert_allclose(mixed[0], uncond_eps[0], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(mixed[1], conditional[1], atol=1e-5, rtol=0)
+  # Guidance above 1 extrapolates away from the conditional sample.
+  assert np.abs(sample(sampler, setup, [4.0, 4.0], seed=5) - conditional).max() > 0.05
+
+
+# --- (3) DDIM with η = 0 is deterministic given x_T ----------------------------------------------------------
+def test_ddim_eta_zero_is_deterministic_given_x_T_and_eta_positive_is_not(setup):
+  x_T, rng_a = split_like_sampler(setup, jax.random.key(11))
+  rng_b = jax.random.key(12)
+  np.testing.assert_array_equal(run_plain(setup, "ddim", x_T, rng_a), run_plain(setup, "ddim", x_T, rng_b))
+  noisy_a = run_plain(setup, "ddim", x_T, rng_a, eta=0.7)
+  noisy_b = run_plain(setup, "ddim", x_T, rng_b, eta=0.7)
+  assert np.abs(noisy_a - noisy_b).max() > 0.05
+  np.testing.assert_array_equal(noisy_a, run_plain(setup, "ddim", x_T, rng_a, eta=0.7))
+  # DDPM is stochastic given x_T as well.
+  assert np.abs(run_plain(setup, "ddpm", x_T, rng_a) - run_plain(setup, "ddpm", x_T, rng_b)).max() > 0.05
+
+
+# --- (4) outputs stay in [−1, 1] -----------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["ddpm", "ddim"])
+def test_outputs_stay_in_range(setup, ddpm, ddim, which):
+  sampler = {"ddpm": ddpm, "ddim": ddim}[which]
+  for scales in ([0.0, 1.0], [10.0, 30.0]):
+    x = sample(sampler, setup, scales, seed=2)
+    assert x.shape == setup["shape"] and x.dtype == np.float32
+    assert np.all(np.isfinite(x))
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert np.std(x) > 0.1
+  x_T, loop_rng = split_like_sampler(setup, jax.random.key(2))
+  x = run_plain(setup, "ddim", x_T, loop_rng, eta=0.7)
+  assert np.all(np.isfinite(x)) and x.min() >= -1.0 and x.max() <= 1.0
+
+
+# --- (5) seeds -----------------------------------------------------------------------------------------------
+def test_same_seed_same_samples_different_seed_different(setup, ddpm):
+  a = sample(ddpm, setup, [3.0, 3.0], seed=7)
+  np.testing.assert_array_equal(a, sample(ddpm, setup, [3.0, 3.0], seed=7))
+  b = sample(ddpm, setup, [3.0, 3.0], seed=8)
+  assert np.abs(a - b).max() > 0.1
+  # The two rows of one batch get different noise too.
+  same_prompt = np.repeat(setup["tokens"][:1], B, axis=0), np.repeat(setup["mask"][:1], B, axis=0)
+  rows = sample(ddpm, setup, [3.0, 3.0], seed=7, tokens=same_prompt[0], mask=same_prompt[1])
+  assert np.abs(rows[0] - rows[1]).max() > 0.1
+
+
+# --- (6) mesh ------------------------------------------------------------------------------------------------
+def test_sampler_over_a_mesh_matches_no_mesh(setup, ddpm):
+  devices = jax.devices()
+  n = max(d for d in range(1, len(devices) + 1) if B % d == 0)
+  mesh = sharding_lib.make_mesh((-1, 1), devices[:n])
+  meshed = make_sampler(setup, "ddpm", mesh=mesh)
+  out = meshed(setup["params"], setup["tokens"], setup["mask"], np.array([3.0, 0.5], np.float32),
+               jax.random.key(4))
+  assert out.sharding.is_equivalent_to(sharding_lib.batch_sharding(mesh), out.ndim)
+  np.testing.assert_allclose(np.asarray(out), sample(ddpm, setup, [3.0, 0.5], seed=4), atol=1e-5, rtol=0)
+
+
+# --- (7) invalid inputs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scales", [[-1.0, 1.0], [1.0, float("nan")], [float("inf"), 1.0], [0.0, -1e-3]])
+def test_bad_guidance_scales_are_refused(setup, ddpm, scales):
+  with pytest.raises(ValueError, match="Guidance scales must be finite and >= 0"):
+    sample(ddpm, setup, scales)
+
+
+def test_scale_count_must_match_batch(setup, ddpm):
+  with pytest.raises(ValueError, match="one guidance scale per sample"):
+    sample(ddpm, setup, [1.0])
+
+
+def test_an_unknown_sampler_is_refused(setup):
+  # (A config's sample.* values are checked by validate_config: tests/test_config.py.)
+  with pytest.raises(ValueError, match="Unknown sampler 'euler'"):
+    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], sampler="euler")

@@ -1,0 +1,123 @@
+"""--mode=sample: the guidance sweep from a trained tiny checkpoint, its files, and its user errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import tiny
+from glide_jax import data as data_lib
+from glide_jax.errors import UserError
+from glide_jax.sampling.sweep import sample_and_save
+from glide_jax.train.loop import train
+from helpers.paths import REPO
+
+PROMPTS = ["7", "seven", "3"]
+SCALES = (0.0, 2.0)
+K = 2
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def sample_config():
+  config = tiny.get_config()
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  config.sample.prompts = ",".join(PROMPTS)
+  config.sample.guidance_scales = SCALES
+  config.sample.num_per_prompt = K
+  return config
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sample_run"))
+  config = sample_config()
+  train(config, workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+  paths = sample_and_save(config, workdir)
+  return workdir, paths
+
+
+def test_writes_a_grid_per_scale_the_sweep_figure_and_npz(sampled):
+  workdir, paths = sampled
+  out = os.path.join(workdir, "samples")
+  assert sorted(os.listdir(out)) == ["guidance_0.png", "guidance_2.png", "guidance_sweep.png", "samples.npz"]
+  assert paths == {"grid_0": os.path.join(out, "guidance_0.png"), "grid_2": os.path.join(out, "guidance_2.png"),
+                   "figure": os.path.join(out, "guidance_sweep.png"), "npz": os.path.join(out, "samples.npz")}
+  figure = np.asarray(Image.open(paths["figure"]))
+  assert figure.ndim == 3 and figure.shape[-1] == 3
+  # At least one row per prompt and one column per scale of 16x16 cells, zoomed 2x.
+  assert figure.shape[0] > len(PROMPTS) * 32 and figure.shape[1] > len(SCALES) * K * 32
+
+
+def test_npz_contents(sampled):
+  _, paths = sampled
+  with np.load(paths["npz"]) as f:
+    data = {k: f[k] for k in f.files}
+  n = len(PROMPTS) * len(SCALES) * K
+  images = data["images"]
+  assert images.dtype == np.uint8 and images.shape == (n, 16, 16, 1)
+  assert images.std() > 0  # Not a blank picture.
+  # Order: prompt-major, then scale, then repeat.
+  assert data["prompts"].tolist() == ["7"] * 4 + ["seven"] * 4 + ["3"] * 4
+  assert data["digits"].tolist() == [7] * 4 + [7] * 4 + [3] * 4
+  assert data["guidance"].tolist() == [0.0, 0.0, 2.0, 2.0] * 3
+  assert int(data["step"]) == 2
+  # The K repeats of one (prompt, scale) start from different noise.
+  for i in range(0, n, K):
+    assert np.any(images[i] != images[i + 1])
+
+
+def test_grid_pngs_hold_the_npz_images(sampled):
+  _, paths = sampled
+  with np.load(paths["npz"]) as f:
+    images = f["images"].reshape(len(PROMPTS), len(SCALES), K, 16, 16)
+  pad = 2
+  for j, scale in enumerate(SCALES):
+    grid = np.asarray(Image.open(paths[f"grid_{scale:g}"]))
+    # K rows (repeats) by P columns (prompts), 2-pixel white padding.
+    assert grid.dtype == np.uint8 and grid.shape == (K * (16 + pad) + pad, len(PROMPTS) * (16 + pad) + pad)
+    for r in range(K):
+      for c in range(len(PROMPTS)):
+        y, x = pad + r * (16 + pad), pad + c * (16 + pad)
+        np.testing.assert_array_equal(grid[y:y + 16, x:x + 16], images[c, j, r])
+    assert np.all(grid[:pad] == 255) and np.all(grid[:, :pad] == 255)
+
+
+def test_no_checkpoint_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="No checkpoint"):
+    sample_and_save(sample_config(), str(tmp_path))
+  assert not os.path.exists(tmp_path / "samples")
+
+
+def test_missing_workdir_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    sample_and_save(sample_config(), str(tmp_path / "nowhere"))
+  assert not os.path.exists(tmp_path / "nowhere")
+
+
+def test_workdir_that_is_a_file_is_a_user_error(tmp_path):
+  (tmp_path / "file").write_text("keep me\n")
+  with pytest.raises(UserError, match="is a file, not a directory"):
+    sample_and_save(sample_config(), str(tmp_path / "file"))
+  assert (tmp_path / "file").read_text() == "keep me\n"
+
+
+def test_class_names_of_mnist():
+  assert data_lib.class_names_of(tiny.get_config().data) == CLASS_NAMES
+
+
+def test_main_sample_without_checkpoint_exits_2_with_one_paragraph(tmp_path):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "tiny.py"),
+       f"--workdir={tmp_path}", "--mode=sample"],
+      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  error = result.stderr[result.stderr.index("error:"):].strip()
+  assert "No checkpoint" in error and str(tmp_path) in error
+  assert "\n\n" not in error and len(error.splitlines()) == 1, error
+  assert not os.path.exists(tmp_path / "samples")

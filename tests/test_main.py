@@ -1,0 +1,148 @@
+"""main.py: user errors print one `error:` paragraph on stderr, exit with code 2, show no traceback and
+change nothing in the workdir; a too-long prompt is truncated with a warning."""
+
+import concurrent.futures
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from glide_jax.train.loop import train
+from helpers.runs import assert_nothing_removed_or_changed, checkpoint_steps, run_main, snapshot, tiny_config
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. User errors through main.py: "error: ..." on stderr, exit code 2, no traceback, nothing deleted.
+
+LONG_PROMPT = "a handwritten seven drawn slowly in thick dark ink"  # 50 characters; tiny text_ctx is 8.
+assert len(LONG_PROMPT) > 8 * 6
+
+# (id, mode, workdir kind, overrides, a regex the error message must match)
+USER_ERRORS = [
+    ("unknown_key", "train", "trained", ["--config.train.nope=1"], r"unknown config field.*nope"),
+    ("ill_typed", "train", "trained", ["--config.train.batch_size=abc"],
+     r"--config\.train\.batch_size=abc: invalid literal for int"),
+    # tiny downsamples once, so 17 (not 18, which is even) is indivisible.
+    ("image_size_indivisible", "train", "trained", ["--config.data.image_size=17"],
+     r"data\.image_size = 17 is invalid.*divisible by 2"),
+    ("attention_never_reached", "train", "trained", ["--config.model.attention_resolutions=(5,)"],
+     r"attention_resolutions.*never works at 5x5"),
+    ("batch_not_divisible", "train", "trained", ["--config.train.batch_size=15"],
+     r"batch_size = 15 is not divisible by the 2 devices"),
+    ("workdir_is_a_file", "train", "file", [], r"is a file"),
+    ("missing_dataset", "train", "trained", ["--config.data.data_dir=/nonexistent"],
+     r"dataset 'mnist' was not found under '/nonexistent'"),
+    ("empty_prompts", "sample", "trained", ["--config.sample.prompts= , "], r"holds no prompt"),
+    ("non_utf8_prompt_file", "sample", "trained", ["--config.sample.prompt_file={latin1_file}"], r"not UTF-8"),
+    ("negative_guidance", "sample", "trained", ["--config.sample.guidance_scales=(-1.,)"],
+     r"guidance_scales = .* is invalid: it has \[-1\.0\]"),
+    ("nan_guidance", "sample", "trained", ["--config.sample.guidance_scales=nan"],
+     r"guidance_scales = .* is invalid: it has \[nan\]"),
+    ("guidance_not_a_number", "sample", "trained", ["--config.sample.guidance_scales=(one,)"],
+     r"guidance_scales = .*is invalid: give numbers"),
+    ("zero_sampling_steps", "sample", "trained", ["--config.sample.respacing=0"], r"respacing '0'.*at least 1"),
+    ("unknown_sampler", "sample", "trained", ["--config.sample.sampler=euler"],
+     r"config\.sample\.sampler = 'euler' is invalid: choose one of \('ddpm', 'ddim'\)"),
+    ("unknown_respacing", "sample", "trained", ["--config.sample.respacing=fastest"], r"Unknown respacing 'fastest'"),
+    ("no_checkpoint", "sample", "empty", [], r"No checkpoint in"),
+    ("sample_workdir_is_a_file", "sample", "file", [], r"is a file, not a directory"),
+    ("eval_without_workdir", "eval", "absent", [], r"does not exist"),
+    # Values that used to pass validation and fail later: refused before any work, in every mode, and a
+    # training run that is refused leaves no workdir behind.
+    ("sample_setting_in_train_mode", "train", "absent", ["--config.sample.sampler=euler"],
+     r"config\.sample\.sampler = 'euler' is invalid"),
+    ("sample_respacing_in_train_mode", "train", "absent", ["--config.sample.respacing=2000"],
+     r"config\.sample\.respacing = '2000' is invalid.*cannot hold 2000"),
+    ("eval_setting_in_train_mode", "train", "absent", ["--config.eval.samples_per_digit=1"],
+     r"config\.eval\.samples_per_digit = 1 is invalid"),
+    ("gpt2_without_vocabulary", "train", "absent", ["--config.model.tokenizer=gpt2"],
+     r"config\.model\.tokenizer = 'gpt2' is invalid: GPT-2's vocabulary files"),
+    ("batch_not_divisible_fresh", "train", "absent", ["--config.train.batch_size=15"],
+     r"batch_size = 15 is not divisible by the 2 devices"),
+    ("missing_dataset_fresh", "train", "absent", ["--config.data.data_dir=/nonexistent"],
+     r"dataset 'mnist' was not found"),
+    ("classifier_dir_is_a_file", "train_classifier", "file", ["--config.eval.classifier_dir={a_file}"],
+     r"config\.eval\.classifier_dir = .* it is a file"),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A tiny checkpoint at step 2 (trained in this process; main.py restores it onto 2 devices)."""
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train(tiny_config(num_steps=2), workdir)
+  assert checkpoint_steps(workdir) == [2]
+  return workdir
+
+
+def _prepare(kind, base, trained_workdir):
+  if kind == "trained":
+    workdir = os.path.join(base, "workdir")
+    shutil.copytree(trained_workdir, workdir)
+  elif kind == "file":
+    workdir = os.path.join(base, "a_file")
+    with open(workdir, "w") as f:
+      f.write("keep me\n")
+  elif kind == "absent":
+    workdir = os.path.join(base, "absent")
+  else:
+    workdir = os.path.join(base, "empty")
+    os.makedirs(workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def main_results(tmp_path_factory, trained_workdir):
+  """Runs every USER_ERRORS case and the long-prompt sampling through main.py, a few at a time."""
+  base = tmp_path_factory.mktemp("user_errors")
+  a_file = os.path.join(base, "a_file.txt")
+  with open(a_file, "w") as f:
+    f.write("not a directory\n")
+  latin1_file = os.path.join(base, "prompts_latin1.txt")
+  with open(latin1_file, "wb") as f:
+    f.write("sept en fran\u00e7ais, \u00e9crit \u00e0 la main\n".encode("latin-1"))
+
+  def run_case(case_id, mode, kind, overrides):
+    case_dir = os.path.join(base, case_id)
+    os.makedirs(case_dir)
+    workdir = _prepare(kind, case_dir, trained_workdir)
+    before = snapshot(workdir)
+    result = run_main(workdir, *[o.format(latin1_file=latin1_file, a_file=a_file) for o in overrides], mode=mode)
+    return workdir, before, snapshot(workdir), result
+
+  jobs = {case_id: (case_id, mode, kind, overrides) for case_id, mode, kind, overrides, _ in USER_ERRORS}
+  jobs["long_prompt"] = ("long_prompt", "sample", "trained",
+                         [f"--config.sample.prompts={LONG_PROMPT}", "--config.sample.guidance_scales=(1.,)"])
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    futures = {k: pool.submit(run_case, *v) for k, v in jobs.items()}
+    return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("case_id,pattern", [(c[0], c[4]) for c in USER_ERRORS], ids=[c[0] for c in USER_ERRORS])
+def test_user_error_through_main(main_results, case_id, pattern):
+  workdir, before, after, result = main_results[case_id]
+  detail = f"exit {result.returncode}\nstdout:\n{result.stdout[-2000:]}\nstderr:\n{result.stderr[-4000:]}"
+  assert result.returncode == 2, detail
+  assert "Traceback" not in result.stderr, detail
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, detail
+  assert re.search(pattern, errors[0]), detail
+  # The error is the last thing printed: one paragraph, nothing after it.
+  assert result.stderr.rstrip().splitlines()[-1] == errors[0], detail
+  assert_nothing_removed_or_changed(before, after)
+  if os.path.basename(workdir) == "absent":
+    assert not os.path.exists(workdir), "a refused run created its workdir"
+  if os.path.isdir(workdir):
+    assert not os.path.exists(os.path.join(workdir, "samples"))
+
+
+def test_a_prompt_longer_than_the_context_is_truncated_with_a_warning(main_results):
+  workdir, before, after, result = main_results["long_prompt"]
+  assert result.returncode == 0, result.stderr[-4000:]
+  assert "truncated" in result.stderr and "text context of 8 tokens" in result.stderr, result.stderr[-4000:]
+  assert "error:" not in result.stderr
+  with np.load(os.path.join(workdir, "samples", "samples.npz")) as f:
+    assert list(f["prompts"]) == [LONG_PROMPT]
+    assert f["images"].shape == (1, 16, 16, 1)
+  assert_nothing_removed_or_changed(before, after)

@@ -1,0 +1,88 @@
+"""Divergence: a step with a non-finite loss or gradient changes nothing but the counters, and too many in
+a row stop training with the last checkpoint kept."""
+
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from glide_jax import data as data_lib
+from glide_jax import sharding as sharding_lib
+from glide_jax.errors import TrainingDivergedError
+from glide_jax.experiment import Experiment
+from glide_jax.train.loop import train
+from helpers.runs import checkpoint_steps, read, restore_checkpoint, tiny_config
+from helpers.trees import assert_trees_equal
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. Non-finite steps are skipped; too many in a row stop training with the checkpoint kept.
+
+
+def test_train_step_skips_a_nonfinite_batch():
+  config = tiny.get_config()
+  exp = Experiment(config)
+  step_fn = exp.train_step_fn()  # glide_jax.train_step.train_step, jitted over the mesh as the loop runs it.
+  batches = exp.batch_source()
+  rng = jax.random.key(3)
+  good = batches(0)
+  bad = dict(good, images=np.full_like(good["images"], np.nan))
+
+  state = exp.init_fn()
+  initial = jax.device_get(state)  # The state is donated to the step: keep a host copy.
+  for k in (1, 2):
+    state, metrics = step_fn(state, sharding_lib.put_batch(bad, exp.mesh), rng)
+    now = jax.device_get(state)
+    assert int(now.step) == k
+    assert int(now.nonfinite_streak) == k
+    assert float(metrics["nonfinite"]) == 1.0
+    assert int(metrics["nonfinite_streak"]) == k
+    assert_trees_equal(now.params, initial.params)
+    assert_trees_equal(now.ema_params, initial.ema_params)
+    assert_trees_equal(now.opt_state, initial.opt_state)
+
+  state, metrics = step_fn(state, sharding_lib.put_batch(good, exp.mesh), rng)
+  now = jax.device_get(state)
+  assert int(now.step) == 3 and int(now.nonfinite_streak) == 0
+  assert float(metrics["nonfinite"]) == 0.0 and np.isfinite(float(metrics["loss"]))
+  # (Zero-initialised output layers block most gradients on the first update, so not every leaf moves.)
+  changed = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), now.params, initial.params)
+  assert any(jax.tree_util.tree_leaves(changed))
+  counts = [int(x) for x in jax.tree_util.tree_leaves(now.opt_state) if np.ndim(x) == 0]
+  assert counts and all(c == 1 for c in counts)  # Adam counted exactly the one good step.
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(now.params))
+
+
+def test_too_many_nonfinite_steps_stop_training_and_keep_the_checkpoint(tmp_path, monkeypatch):
+  original = data_lib.BatchSource.__call__
+
+  def nan_from_step_2(self, step):
+    batch = original(self, step)
+    if step >= 2:
+      batch["images"] = np.full_like(batch["images"], np.nan)
+    return batch
+
+  monkeypatch.setattr(data_lib.BatchSource, "__call__", nan_from_step_2)
+  workdir = str(tmp_path / "run")
+  config = tiny_config(num_steps=20, checkpoint_every=2, max_nonfinite_steps=3, log_every=1)
+  with pytest.raises(TrainingDivergedError) as info:
+    train(config, workdir)
+  message = str(info.value)
+  assert "not finite for 3 steps in a row" in message, message
+  kept = re.search(r"The last checkpoint in (\S+) \(step (\d+)\) is kept", message)
+  assert kept, message
+  assert kept.group(1) == os.path.join(workdir, "checkpoints")
+  assert 2 in checkpoint_steps(workdir)
+  assert int(kept.group(2)) == max(checkpoint_steps(workdir))
+  # The steps were skipped: the kept checkpoint holds the finite parameters of step 2.
+  state2 = restore_checkpoint(config, workdir, step=2)
+  latest = restore_checkpoint(config, workdir)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(latest.params))
+  assert_trees_equal(latest.params, state2.params)
+  assert_trees_equal(latest.ema_params, state2.ema_params)
+  nonfinite = [m for m in read(os.path.join(workdir, "metrics.jsonl")).splitlines() if '"nonfinite": 1.0' in m]
+  assert len(nonfinite) >= 3
+
+
