@@ -2,15 +2,19 @@
 change nothing in the workdir; a too-long prompt is truncated with a warning."""
 
 import concurrent.futures
+import importlib.metadata
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from glide_jax.train.loop import train
-from helpers.runs import assert_nothing_removed_or_changed, checkpoint_steps, run_main, snapshot, tiny_config
+from helpers.paths import REPO
+from helpers.runs import assert_nothing_removed_or_changed, checkpoint_steps, main_env, run_main, snapshot, tiny_config
 
 # ---------------------------------------------------------------------------------------------------------
 # 6. User errors through main.py: "error: ..." on stderr, exit code 2, no traceback, nothing deleted.
@@ -146,3 +150,32 @@ def test_a_prompt_longer_than_the_context_is_truncated_with_a_warning(main_resul
     assert list(f["prompts"]) == [LONG_PROMPT]
     assert f["images"].shape == (1, 16, 16, 1)
   assert_nothing_removed_or_changed(before, after)
+
+
+def test_main_runs_from_another_directory(trained_workdir, tmp_path):
+  """The installed package and absolute paths are all main.py needs: no PYTHONPATH, another working directory."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained_workdir, workdir)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = main_env()
+  env.pop("PYTHONPATH", None)
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "main.py"), f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
+       f"--workdir={workdir}", "--mode=sample", "--config.sample.guidance_scales=(2.,)",
+       "--config.sample.prompts=7"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.isfile(os.path.join(workdir, "samples", "samples.npz"))
+  assert os.listdir(elsewhere) == []
+
+
+def test_the_package_is_importable_from_anywhere_once_installed(tmp_path):
+  try:
+    importlib.metadata.version("glide-jax")
+  except importlib.metadata.PackageNotFoundError:
+    pytest.skip("glide-jax is not pip-installed in this environment (.ci/run installs it with pip install -e .)")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  result = subprocess.run([sys.executable, "-c", "import glide_jax.experiment, glide_jax; print(glide_jax.__file__)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip() == os.path.join(REPO, "glide_jax", "__init__.py")
