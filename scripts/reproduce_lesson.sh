@@ -30,15 +30,40 @@ common=(--config="$config" --workdir="$workdir" "--config.sample.guidance_scales
 timings="$workdir/timings.json"
 measured=()
 
+# A SIGTERM to this script (from `timeout`, a scheduler or kill) is passed on to the running stage, so
+# training saves a checkpoint and stops as it does when run directly; the later stages are then skipped.
+# (Ctrl-C reaches the stage by itself: it signals the whole process group.)
+stage_pid=""
+stopped=""
+trap 'stopped=SIGTERM; [ -z "$stage_pid" ] || kill -TERM "$stage_pid" 2>/dev/null || true' TERM
+trap 'stopped=SIGINT' INT
+
+run_stage() {  # "$@" in the background, waited for through any signals this script receives
+  "$@" &
+  stage_pid=$!
+  local rc
+  while :; do
+    rc=0
+    wait "$stage_pid" || rc=$?
+    kill -0 "$stage_pid" 2>/dev/null || break  # Still running: a trapped signal interrupted the wait.
+  done
+  stage_pid=""
+  return "$rc"
+}
+
 for stage in $stages; do
   start=$(date +%s.%N)
   case "$stage" in
-    train) python3 main.py "${common[@]}" --mode=train "$@" ;;
-    sample) python3 main.py "${common[@]}" --mode=sample --config.sample.num_per_prompt="$per_cell" "$@" ;;
-    eval) python3 main.py "${common[@]}" --mode=eval --config.eval.samples_per_digit=$((7 * per_cell)) "$@" ;;
+    train) run_stage python3 main.py "${common[@]}" --mode=train "$@" ;;
+    sample) run_stage python3 main.py "${common[@]}" --mode=sample --config.sample.num_per_prompt="$per_cell" "$@" ;;
+    eval) run_stage python3 main.py "${common[@]}" --mode=eval --config.eval.samples_per_digit=$((7 * per_cell)) "$@" ;;
     *) echo "error: unknown stage '$stage' in STAGES (use train, sample, eval)." >&2; exit 2 ;;
   esac
   seconds=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")
+  if [ -n "$stopped" ]; then
+    echo "Stopped by $stopped during the $stage stage; rerun the same command to resume." >&2
+    exit 0
+  fi
   measured+=("$stage" "$seconds")
   echo "$stage: $seconds s (wall, compiling included)" >&2
 done
