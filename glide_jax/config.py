@@ -11,7 +11,7 @@ import ml_collections
 from glide_jax.data import format_prompt
 from glide_jax.diffusion import SAMPLERS, SCHEDULE_NAMES, space_timesteps
 from glide_jax.errors import ConfigError
-from glide_jax.model.model_config import DTYPES
+from glide_jax.model import model_config
 from glide_jax.model.tokenizer import TOKENIZER_NAMES
 from glide_jax.model.tokenizer import unavailable_reason as tokenizer_unavailable_reason
 from glide_jax.sampling.prompts import read_prompt_file, split_prompts
@@ -55,7 +55,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.xf_width = 128
   c.model.xf_layers = 6
   c.model.xf_heads = 2
-  c.model.dtype = "float32"        # Compute dtype; parameters are always float32.
+  # How the model computes (parameters are always float32; none of these changes a checkpoint). "auto":
+  # bfloat16 on GPU and TPU, float32 on CPU; cuDNN's fused attention on NVIDIA GPUs where it applies;
+  # GroupNorm statistics as dot products on CPU, fused reductions elsewhere.
+  c.model.dtype = "auto"           # "float32", "bfloat16" or "auto".
+  c.model.attention_impl = "auto"  # "xla", "cudnn" or "auto".
+  c.model.norm_impl = "auto"       # "dot", "reduce" or "auto".
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000
@@ -202,8 +207,12 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
             f"attention heads split {ch} channels at {reached[level]}x{reached[level]}, which is not a multiple of it.")
   if not (_is_number(m.dropout) and 0.0 <= m.dropout < 1.0):
     _fail("model.dropout", m.dropout, "it must be in [0, 1).")
-  if m.dtype not in DTYPES:
-    _fail("model.dtype", m.dtype, f"choose one of {tuple(DTYPES)}.")
+  if m.dtype not in model_config.DTYPES and m.dtype != "auto":
+    _fail("model.dtype", m.dtype, f"choose one of {tuple(model_config.DTYPES) + ('auto',)}.")
+  if m.attention_impl not in model_config.ATTENTION_IMPLS + ("auto",):
+    _fail("model.attention_impl", m.attention_impl, f"choose one of {model_config.ATTENTION_IMPLS + ('auto',)}.")
+  if m.norm_impl not in model_config.NORM_IMPLS + ("auto",):
+    _fail("model.norm_impl", m.norm_impl, f"choose one of {model_config.NORM_IMPLS + ('auto',)}.")
   if m.tokenizer not in TOKENIZER_NAMES:
     _fail("model.tokenizer", m.tokenizer, f"choose one of {TOKENIZER_NAMES}.")
   reason = tokenizer_unavailable_reason(m.tokenizer)
@@ -216,6 +225,13 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _fail("model.xf_width/xf_heads", (m.xf_width, m.xf_heads), "the width must be a positive multiple of heads.")
   if not m.learn_sigma:
     _fail("model.learn_sigma", m.learn_sigma, "the hybrid loss and samplers need the learned-range variance.")
+  if m.attention_impl == "cudnn":
+    dtype = model_config.resolve_kernels(m)["dtype"]
+    heads = (m.num_head_channels, m.xf_width // m.xf_heads)
+    why = model_config.cudnn_attention_unsupported(heads, dtype, model_config.platform())
+    if why:
+      _fail("model.attention_impl", m.attention_impl, f"cuDNN's fused attention cannot run here: {why}. "
+            f"Use 'auto' or 'xla'.")
 
 
 def _validate_diffusion(f: ml_collections.ConfigDict) -> None:

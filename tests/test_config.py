@@ -14,6 +14,7 @@ from glide_jax.diffusion import SAMPLERS, SCHEDULE_NAMES
 from glide_jax.errors import ConfigError, UserError
 from glide_jax.model import DTYPES
 from glide_jax.model import tokenizer as tokenizer_lib
+from glide_jax.model.model_config import ATTENTION_IMPLS, NORM_IMPLS
 from helpers.paths import REPO
 
 
@@ -28,13 +29,16 @@ def test_every_shipped_config_is_valid(path):
 
 
 @pytest.mark.parametrize("field,names", [("sample.sampler", SAMPLERS), ("diffusion.noise_schedule", SCHEDULE_NAMES),
-                                         ("model.dtype", tuple(DTYPES))])
+                                         ("model.dtype", tuple(DTYPES) + ("auto",)),
+                                         ("model.attention_impl", ("xla", "auto")),
+                                         ("model.norm_impl", NORM_IMPLS + ("auto",))])
 def test_the_allowed_names_are_the_implementations_tables(field, names):
   section, name = field.split(".")
   for value in names:
     config = tiny.get_config()
     config[section][name] = value
     validate_config(config)
+  names = ATTENTION_IMPLS + ("auto",) if field == "model.attention_impl" else names  # cudnn: not on CPU.
   config = tiny.get_config()
   config[section][name] = "no-such-name"
   with pytest.raises(ConfigError, match=re.escape(f"config.{field} = 'no-such-name' is invalid: choose one of "
@@ -66,6 +70,8 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("model.num_head_channels", 48, "model.num_head_channels"),
     ("model.dropout", 1.0, "model.dropout"),
     ("model.dtype", "float16", "model.dtype"),
+    ("model.attention_impl", "cudnn", "model.attention_impl"),  # Needs an NVIDIA GPU; the tests run on CPU.
+    ("model.norm_impl", "welford", "model.norm_impl"),
     ("model.tokenizer", "bpe", "model.tokenizer"),
     ("model.xf_heads", 3, "model.xf_width/xf_heads"),     # 128 is not a multiple of 3.
     ("model.learn_sigma", False, "model.learn_sigma"),

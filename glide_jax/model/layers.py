@@ -29,22 +29,27 @@ def conv(features: int, kernel: int, dtype: Dtype, name: str, zero_init: bool = 
                  kernel_init=zeros_init if zero_init else torch_default_init)
 
 
-def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, epsilon: float) -> jax.Array:
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, epsilon: float,
+               impl: str = "dot") -> jax.Array:
   """GroupNorm of channels-last x [N, ..., C]: per (example, group) mean and variance, then scale and bias.
 
-  The same arithmetic as flax's nn.GroupNorm (fast variance E[x²] − E[x]², float32), arranged for XLA's
-  CPU backend: the per-channel moments are matrix-vector products over the spatial positions (run by
-  its dot kernels), pooled per group on [N, C], and the normalisation is one pass x·a + b with
-  per-(example, channel) a and b. C is never reshaped into [groups, C/groups], an inner axis of 3 or 12
-  that defeats vectorisation (docs/benchmarks.md has the measured gain).
+  The same arithmetic as flax's nn.GroupNorm (fast variance E[x²] − E[x]², float32). The per-channel
+  moments are pooled per group on [N, C], and the normalisation is one pass x·a + b with per-(example,
+  channel) a and b, so C is never reshaped into [groups, C/groups] (an inner axis of 3 or 12 that defeats
+  vectorisation on CPU). impl "dot" takes the moments as matrix-vector products over the spatial positions,
+  which XLA's CPU backend runs in its fast dot kernels; "reduce" takes them as reductions, which GPU and TPU
+  compilers fuse with the cast before them into one kernel (docs/benchmarks.md has both measured).
   """
   n, c = x.shape[0], x.shape[-1]
   spatial = tuple(range(1, x.ndim - 1))
   flat = x.reshape(n, -1, c)
-  averager = jnp.full((flat.shape[1],), 1.0 / flat.shape[1], x.dtype)
-  # Full float32 products: GPUs' TF32 and TPUs' bfloat16 passes would ruin E[x²] − E[x]².
-  moment = functools.partial(jnp.einsum, "nkc,k->nc", precision=jax.lax.Precision.HIGHEST)
-  mean_c, mean_sq_c = moment(flat, averager), moment(jnp.square(flat), averager)  # [N, C] each
+  if impl == "dot":
+    averager = jnp.full((flat.shape[1],), 1.0 / flat.shape[1], x.dtype)
+    # Full float32 products: GPUs' TF32 and TPUs' bfloat16 passes would ruin E[x²] − E[x]².
+    moment = functools.partial(jnp.einsum, "nkc,k->nc", precision=jax.lax.Precision.HIGHEST)
+    mean_c, mean_sq_c = moment(flat, averager), moment(jnp.square(flat), averager)  # [N, C] each
+  else:
+    mean_c, mean_sq_c = jnp.mean(flat, axis=1), jnp.mean(jnp.square(flat), axis=1)
   per_group = lambda v: jnp.mean(v.reshape(n, num_groups, c // num_groups), axis=-1)  # noqa: E731
   mean = per_group(mean_c)
   var = jnp.maximum(per_group(mean_sq_c) - jnp.square(mean), 0.0)
@@ -60,12 +65,13 @@ class _GroupNormParams(nn.Module):
 
   num_groups: int
   epsilon: float
+  impl: str = "dot"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (x.shape[-1],), jnp.float32)
-    return group_norm(x, scale, bias, self.num_groups, self.epsilon)
+    return group_norm(x, scale, bias, self.num_groups, self.epsilon, self.impl)
 
 
 class GroupNorm32(nn.Module):
@@ -73,10 +79,11 @@ class GroupNorm32(nn.Module):
 
   num_groups: int = 32
   swish: bool = False
+  impl: str = "dot"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = _GroupNormParams(self.num_groups, 1e-5, name="norm")(x.astype(jnp.float32))
+    y = _GroupNormParams(self.num_groups, 1e-5, self.impl, name="norm")(x.astype(jnp.float32))
     if self.swish:
       y = nn.silu(y)
     return y.astype(x.dtype)
@@ -94,11 +101,16 @@ def split_heads(x: jax.Array, num_heads: int, parts: int) -> list[jax.Array]:
   return jnp.split(x, parts, axis=-1)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
   """softmax((q·d^-¼)(k·d^-¼)ᵀ) v per head with the softmax in float32 (no mask), as GLIDE's QKVAttention.
 
-  q [B, Lq, H, D]; k, v [B, Lk, H, D] → [B, Lq, H·D] (heads concatenated head-major).
+  q [B, Lq, H, D]; k, v [B, Lk, H, D] → [B, Lq, H·D] (heads concatenated head-major). impl "cudnn" runs
+  cuDNN's fused (flash) attention, which scales the logits by d^-½ once and keeps the softmax in float32;
+  "xla" is the reference arithmetic below.
   """
+  if impl == "cudnn":
+    out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), implementation="cudnn")
+    return out.reshape(*out.shape[:2], -1)
   scale = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
   logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k * scale)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)

@@ -16,11 +16,12 @@ class MultiheadAttention(nn.Module):
   width: int
   heads: int
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     q, k, v = split_heads(dense(3 * self.width, self.dtype, "c_qkv")(x), self.heads, 3)
-    return dense(self.width, self.dtype, "c_proj")(attention(q, k, v))
+    return dense(self.width, self.dtype, "c_proj")(attention(q, k, v, self.attention_impl))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -29,11 +30,12 @@ class ResidualAttentionBlock(nn.Module):
   width: int
   heads: int
   dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = layer_norm("ln_1")(x).astype(self.dtype)
-    x = x + MultiheadAttention(self.width, self.heads, self.dtype, name="attn")(h)
+    x = x + MultiheadAttention(self.width, self.heads, self.dtype, self.attention_impl, name="attn")(h)
     h = layer_norm("ln_2")(x).astype(self.dtype)
     h = dense(4 * self.width, self.dtype, "c_fc")(h)
     h = nn.gelu(h, approximate=False)
@@ -60,7 +62,8 @@ class TextTransformer(nn.Module):
     x = token_embedding(tokens) + positional[None]
     x = jnp.where(mask[..., None], x, padding[None])
     for i in range(c.xf_layers):
-      x = ResidualAttentionBlock(c.xf_width, c.xf_heads, c.compute_dtype, name=f"resblocks_{i}")(x)
+      x = ResidualAttentionBlock(c.xf_width, c.xf_heads, c.compute_dtype, c.attention_impl,
+                                 name=f"resblocks_{i}")(x)
     xf_out = layer_norm("final_ln")(x)
     xf_proj = dense(c.time_embed_dim, jnp.float32, "transformer_proj")(xf_out[:, -1])
     return xf_out.astype(c.compute_dtype), xf_proj

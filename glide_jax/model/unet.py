@@ -47,17 +47,18 @@ class ResBlock(nn.Module):
   up: bool = False
   down: bool = False
   dtype: Dtype = jnp.float32
+  norm_impl: str = "dot"
 
   @nn.compact
   def __call__(self, x: jax.Array, emb: jax.Array, train: bool) -> jax.Array:
-    h = GroupNorm32(self.num_groups, swish=True, name="in_norm")(x)
+    h = GroupNorm32(self.num_groups, swish=True, impl=self.norm_impl, name="in_norm")(x)
     if self.up or self.down:
       resample = upsample_nearest if self.up else avg_pool2
       h, x = resample(h), resample(x)
     h = conv(self.out_channels, 3, self.dtype, "in_conv")(h)
     emb_out = dense(2 * self.out_channels, jnp.float32, "emb_layers")(nn.silu(emb))
     scale, shift = jnp.split(emb_out[:, None, None, :], 2, axis=-1)
-    h = GroupNorm32(self.num_groups, name="out_norm")(h).astype(jnp.float32)
+    h = GroupNorm32(self.num_groups, impl=self.norm_impl, name="out_norm")(h).astype(jnp.float32)
     h = nn.silu(h * (1.0 + scale) + shift).astype(self.dtype)
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     h = conv(self.out_channels, 3, self.dtype, "out_conv", zero_init=True)(h)
@@ -72,18 +73,20 @@ class AttentionBlock(nn.Module):
   num_head_channels: int
   num_groups: int = 32
   dtype: Dtype = jnp.float32
+  norm_impl: str = "dot"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, xf_out: Optional[jax.Array]) -> jax.Array:
     b, hgt, wid, c = x.shape
     heads = c // self.num_head_channels
-    h = GroupNorm32(self.num_groups, name="norm")(x).reshape(b, hgt * wid, c)
+    h = GroupNorm32(self.num_groups, impl=self.norm_impl, name="norm")(x).reshape(b, hgt * wid, c)
     q, k, v = split_heads(dense(3 * c, self.dtype, "qkv")(h), heads, 3)
     if xf_out is not None:
       ek, ev = split_heads(dense(2 * c, self.dtype, "encoder_kv")(xf_out), heads, 2)
       k = jnp.concatenate([ek, k], axis=1)
       v = jnp.concatenate([ev, v], axis=1)
-    h = dense(c, self.dtype, "proj_out", zero_init=True)(attention(q, k, v))
+    h = dense(c, self.dtype, "proj_out", zero_init=True)(attention(q, k, v, self.attention_impl))
     return x + h.reshape(b, hgt, wid, c)
 
 
@@ -97,8 +100,9 @@ class UNet(nn.Module):
                train: bool = False) -> jax.Array:
     c = self.config
     dtype, model_channels, channel_mult = c.compute_dtype, c.model_channels, c.channel_mult
-    res = dict(dropout=c.dropout, num_groups=c.num_groups, dtype=dtype)
-    attn = dict(num_head_channels=c.num_head_channels, num_groups=c.num_groups, dtype=dtype)
+    res = dict(dropout=c.dropout, num_groups=c.num_groups, dtype=dtype, norm_impl=c.norm_impl)
+    attn = dict(num_head_channels=c.num_head_channels, num_groups=c.num_groups, dtype=dtype, norm_impl=c.norm_impl,
+                attention_impl=c.attention_impl)
     emb = timestep_embedding(timesteps, model_channels)
     emb = dense(c.time_embed_dim, jnp.float32, "time_embed_0")(emb)
     emb = dense(c.time_embed_dim, jnp.float32, "time_embed_2")(nn.silu(emb))
@@ -140,7 +144,7 @@ class UNet(nn.Module):
         block += 1
 
     # GLIDE casts back to the input dtype (float32) before `out`, so the final norm and conv run in float32.
-    h = GroupNorm32(c.num_groups, swish=True, name="out_norm")(h.astype(jnp.float32))
+    h = GroupNorm32(c.num_groups, swish=True, impl=c.norm_impl, name="out_norm")(h.astype(jnp.float32))
     h = conv(c.out_channels, 3, jnp.float32, "out_conv", zero_init=True)(h)
     return h
 

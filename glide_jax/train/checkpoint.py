@@ -16,6 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from glide_jax.errors import UserError
+from glide_jax.model.model_config import COMPUTE_FIELDS
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
@@ -121,8 +122,10 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
 
 
-# Sections of the config that determine the shapes and meaning of the saved parameters.
+# Sections of the config that determine the shapes and meaning of the saved parameters; the model's
+# compute fields (dtype, kernels) do not, so a run trained in bfloat16 on a GPU samples in float32 on a CPU.
 MODEL_FIELDS = ("model", "diffusion", "data.image_size", "data.channels")
+COMPUTE_ONLY_FIELDS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -140,7 +143,7 @@ def model_config_differences(saved: dict, current: ml_collections.ConfigDict) ->
   """'field: saved → current' for every model-defining field that differs."""
   saved_flat, current_flat = _flatten(saved), _flatten(config_to_json(current))
   keys = sorted(k for k in set(saved_flat) | set(current_flat)
-                if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS))
+                if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS) and k not in COMPUTE_ONLY_FIELDS)
   missing = object()
   return [f"{k}: {saved_flat.get(k, missing)!r} in the checkpoint, {current_flat.get(k, missing)!r} now"
           .replace(repr(missing), "(absent)")

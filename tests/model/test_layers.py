@@ -1,4 +1,5 @@
-"""Shared layers: the CPU-friendly GroupNorm against flax's nn.GroupNorm and a float64 transcription."""
+"""Shared layers: GroupNorm (both ways of taking its moments) against flax's nn.GroupNorm and a float64
+transcription."""
 
 import flax.linen as nn
 import jax
@@ -16,27 +17,30 @@ def np_group_norm(x, scale, bias, groups, eps):
   return (((xg - mean) / np.sqrt(var + eps)).reshape(x.shape) * scale + bias)
 
 
+@pytest.mark.parametrize("impl", ["dot", "reduce"])
 @pytest.mark.parametrize("shape,groups", [((3, 8, 8, 96), 32), ((2, 4, 4, 384), 32), ((2, 5, 6, 16), 4),
                                           ((4, 7, 12), 3)])
-def test_group_norm_matches_flax_and_float64(shape, groups):
+def test_group_norm_matches_flax_and_float64(shape, groups, impl):
   rng = np.random.default_rng(0)
   # An offset mean and uneven scales per channel, as after a convolution.
   x = (rng.normal(size=shape) * rng.uniform(0.5, 3, shape[-1]) + 2.0).astype(np.float32)
   scale = rng.uniform(0.5, 1.5, shape[-1]).astype(np.float32)
   bias = rng.normal(size=shape[-1]).astype(np.float32)
-  ours = np.asarray(jax.jit(group_norm, static_argnums=(3, 4))(x, scale, bias, groups, 1e-5))
+  ours = np.asarray(jax.jit(group_norm, static_argnums=(3, 4, 5))(x, scale, bias, groups, 1e-5, impl))
   np.testing.assert_allclose(ours, np_group_norm(x, scale, bias, groups, 1e-5), rtol=1e-4, atol=2e-5)
   flax_norm = nn.GroupNorm(num_groups=groups, epsilon=1e-5)
   theirs = flax_norm.apply({"params": {"scale": scale, "bias": bias}}, x)
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=2e-5)
 
 
-def test_group_norm_gradients_match_flax():
+@pytest.mark.parametrize("impl", ["dot", "reduce"])
+def test_group_norm_gradients_match_flax(impl):
   rng = np.random.default_rng(1)
   x = (rng.normal(size=(2, 6, 6, 96)) + 1.0).astype(np.float32)
   weights = rng.normal(size=x.shape).astype(np.float32)
   params = {"scale": rng.uniform(0.5, 1.5, 96).astype(np.float32), "bias": rng.normal(size=96).astype(np.float32)}
-  ours = jax.grad(lambda p, x: (group_norm(x, p["scale"], p["bias"], 32, 1e-5) * weights).sum(), (0, 1))(params, x)
+  loss = lambda p, x: (group_norm(x, p["scale"], p["bias"], 32, 1e-5, impl) * weights).sum()  # noqa: E731
+  ours = jax.grad(loss, (0, 1))(params, x)
   flax_norm = nn.GroupNorm(num_groups=32, epsilon=1e-5)
   theirs = jax.grad(lambda p, x: (flax_norm.apply({"params": p}, x) * weights).sum(), (0, 1))(params, x)
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):

@@ -193,8 +193,9 @@ def test_xf_proj_is_added_after_the_time_mlp():
 @pytest.mark.parametrize("in_ch,out_ch,up,down", [(8, 8, False, False), (8, 16, False, False),
                                                   (16, 16, False, True), (16, 16, True, False)],
                          ids=["same", "wider", "down", "up"])
-def test_resblock_matches_glide(in_ch, out_ch, up, down):
-  block = ResBlock(out_ch, dropout=0.0, num_groups=4, up=up, down=down)
+@pytest.mark.parametrize("norm_impl", ["dot", "reduce"])
+def test_resblock_matches_glide(in_ch, out_ch, up, down, norm_impl):
+  block = ResBlock(out_ch, dropout=0.0, num_groups=4, up=up, down=down, norm_impl=norm_impl)
   rng = np.random.default_rng(1)
   x = rng.normal(size=(2, 4, 4, in_ch)).astype(np.float32)
   emb = rng.normal(size=(2, 12)).astype(np.float32)
@@ -207,9 +208,10 @@ def test_resblock_matches_glide(in_ch, out_ch, up, down):
 
 
 @pytest.mark.parametrize("with_text", [True, False])
-def test_attention_block_matches_glide(with_text):
+@pytest.mark.parametrize("norm_impl", ["dot", "reduce"])
+def test_attention_block_matches_glide(with_text, norm_impl):
   c, head_channels = 16, 4  # 4 heads of 4 channels.
-  block = AttentionBlock(num_head_channels=head_channels, num_groups=4)
+  block = AttentionBlock(num_head_channels=head_channels, num_groups=4, norm_impl=norm_impl)
   rng = np.random.default_rng(2)
   x = rng.normal(size=(2, 3, 3, c)).astype(np.float32)
   xf_out = rng.normal(size=(2, 5, 6)).astype(np.float32) if with_text else None

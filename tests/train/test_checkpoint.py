@@ -8,6 +8,7 @@ import warnings
 import pytest
 
 from glide_jax.errors import UserError
+from glide_jax.train.checkpoint import config_to_json, model_config_differences
 from glide_jax.train.loop import train
 from helpers.runs import (
   assert_nothing_removed_or_changed,
@@ -96,3 +97,16 @@ def test_resume_with_another_model_config_is_a_user_error(tmp_path):
   assert_nothing_removed_or_changed(before, snapshot(workdir))
 
 
+
+
+def test_compute_fields_are_not_model_differences():
+  """dtype and kernel choices change how the model computes, not its parameters: a bfloat16 GPU run samples in
+  float32 on a CPU, and checkpoints from before these fields existed still load."""
+  saved = config_to_json(tiny_config(num_steps=2))
+  saved["model"]["dtype"] = "bfloat16"
+  del saved["model"]["attention_impl"], saved["model"]["norm_impl"]
+  current = tiny_config(num_steps=2)
+  current.model.norm_impl = "reduce"
+  assert model_config_differences(saved, current) == []
+  current.model.xf_layers = 2
+  assert model_config_differences(saved, current) == ["model.xf_layers: 1 in the checkpoint, 2 now"]
