@@ -55,11 +55,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save at INFO; -v 0 shows them.
 
   from glide_jax.errors import UserError
-  from glide_jax.runtime import initialize_distributed
+  from glide_jax.runtime import enable_compilation_cache, initialize_distributed
 
   module_name, function_name = MODES[MODE.value].split(":")
   try:
     initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
+    enable_compilation_cache()
     getattr(importlib.import_module(module_name), function_name)(flags.FLAGS.config, WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -27,6 +27,42 @@ def use_all_cpu_cores() -> None:
   os.environ["XLA_FLAGS"] = flags
 
 
+CACHE_ENV = "GLIDE_JAX_CACHE_DIR"
+
+
+def default_cache_dir() -> str:
+  """$GLIDE_JAX_CACHE_DIR, else $XDG_CACHE_HOME/glide_jax/jax (~/.cache/glide_jax/jax)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.environ.get(CACHE_ENV, os.path.join(base, "glide_jax", "jax"))
+
+
+def enable_compilation_cache() -> Optional[str]:
+  """Turns on JAX's persistent compilation cache, so a later run of the same program loads it instead of
+  compiling again (XLA keys it on the program, the devices and the flags, so it is never stale).
+
+  The directory is default_cache_dir(); GLIDE_JAX_CACHE_DIR=off (or "") turns the cache off, and a cache
+  directory set through JAX itself ($JAX_COMPILATION_CACHE_DIR) is left as it is. Programs that compile in
+  under a second are not stored. Returns the directory in use, or None. An unwritable directory leaves the
+  cache off with a one-line warning rather than failing the run.
+  """
+  import jax
+
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  path = default_cache_dir()
+  if path.strip().lower() in ("", "0", "off", "none", "false"):
+    return None
+  path = os.path.abspath(os.path.expanduser(path))
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    print(f"warning: compilation cache off: cannot create {path} ({e.strerror}); set ${CACHE_ENV} to a "
+          f"writable directory, or to 'off'.", flush=True)
+    return None
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
+
 def initialize_distributed(coordinator_address: Optional[str], num_processes: Optional[int],
                            process_id: Optional[int]) -> None:
   """Joins a multi-process JAX runtime when one is asked for; a single process does nothing.

@@ -1,0 +1,61 @@
+"""Process set-up: the persistent compilation cache is on by default, a second process loads what the first
+compiled, and it can be moved or turned off."""
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers.paths import REPO
+
+# Compiles one small program and prints where the cache is and how many cache hits and misses it saw.
+PROGRAM = """
+import json, jax, jax.numpy as jnp
+from glide_jax.runtime import enable_compilation_cache
+events = []
+jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
+path = enable_compilation_cache()
+jax.jit(lambda x: jnp.tanh(x @ x.T).sum())(jnp.ones((64, 64))).block_until_ready()
+print(json.dumps({"path": path, "hits": events.count("/jax/compilation_cache/cache_hits"),
+                  "misses": events.count("/jax/compilation_cache/cache_misses")}))
+"""
+
+
+def run_program(**env_vars):
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "GLIDE_JAX_CACHE_DIR")}
+  env.update(JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env_vars)
+  out = subprocess.run([sys.executable, "-c", PROGRAM], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  return {**json.loads(out.stdout.strip().splitlines()[-1]), "stdout": out.stdout}
+
+
+def test_a_second_process_loads_the_first_ones_compiled_program(tmp_path):
+  cache = str(tmp_path / "cache")
+  first = run_program(GLIDE_JAX_CACHE_DIR=cache)
+  assert first["path"] == cache and first["hits"] == 0 and first["misses"] >= 1
+  entries = sorted(os.listdir(cache))
+  assert entries
+  second = run_program(GLIDE_JAX_CACHE_DIR=cache)
+  assert second["hits"] >= 1 and second["misses"] == 0
+  assert sorted(os.listdir(cache)) == entries  # Nothing compiled again.
+
+
+def test_the_default_location_and_turning_it_off(tmp_path):
+  default = run_program(XDG_CACHE_HOME=str(tmp_path / "xdg"))
+  assert default["path"] == str(tmp_path / "xdg" / "glide_jax" / "jax") and os.listdir(default["path"])
+  off = run_program(GLIDE_JAX_CACHE_DIR="off", XDG_CACHE_HOME=str(tmp_path / "xdg2"))
+  assert off["path"] is None and off["hits"] == 0 and not os.path.exists(tmp_path / "xdg2")
+
+
+def test_jax_own_cache_setting_is_respected(tmp_path):
+  result = run_program(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax"), GLIDE_JAX_CACHE_DIR=str(tmp_path / "ours"))
+  assert result["path"] == str(tmp_path / "jax") and not os.path.exists(tmp_path / "ours")
+
+
+def test_an_unwritable_cache_dir_warns_and_runs_without(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  result = run_program(GLIDE_JAX_CACHE_DIR=str(blocker / "cache"))
+  assert result["path"] is None
+  assert f"warning: compilation cache off: cannot create {blocker / 'cache'}" in result["stdout"]
+  assert "GLIDE_JAX_CACHE_DIR" in result["stdout"]
