@@ -1,7 +1,10 @@
 """Speed and memory of a config: python -m glide_jax.benchmark --config=configs/mnist_cpu.py [--batch=32].
 
-Prints compile time, median train-step time, images/s, peak resident memory, XLA's FLOP count per step
-and the achieved FLOP/s (and, once available, sampling step time); writes the figures as JSON.
+Prints, per batch size: compile time (a second run loads the program from the persistent compilation
+cache), median train-step time, images/s, XLA's FLOP count per step, the achieved FLOP/s and the model
+FLOPs utilisation (MFU) against the chip's peak, the number of operations in the compiled step (about one
+kernel launch each on a GPU), and peak memory; with --sample_batch, the guided sampling step. Writes the
+figures as JSON.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ if __name__ == "__main__":
   use_all_cpu_cores()  # Like main.py, before JAX starts (GLIDE_HOST_DEVICES=0 keeps one CPU device).
 
 import json
+import re
 import resource
 import time
+from typing import Optional
 
 import jax
 import numpy as np
@@ -22,6 +27,7 @@ from ml_collections import config_flags
 
 from glide_jax import sharding as sharding_lib
 from glide_jax.experiment import Experiment
+from glide_jax.runtime import enable_compilation_cache
 
 config_flags.DEFINE_config_file("config", "configs/mnist_cpu.py", "Config file to benchmark.")
 BATCH = flags.DEFINE_multi_integer("batch", None, "Global batch size(s) to time (default: the config's).")
@@ -30,8 +36,60 @@ SAMPLE_STEPS = flags.DEFINE_integer("sample_steps", 10, "Respaced sampling steps
 SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "Time sampling only.")
 STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps after the warm-up step.")
 OUT = flags.DEFINE_string("json", "", "Where to write the JSON results (default: print only).")
+PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "The chip's peak dense TFLOP/s per device for the MFU, "
+                                  "where the table in this file does not know it.")
 SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Random images and digit prompts instead of the dataset "
                               "(for a machine without MNIST; the step's cost does not depend on the pixels).")
+
+
+# Dense peak TFLOP/s per JAX device, by device kind (lower-case substrings, most specific first), from the
+# vendors' datasheets: (bfloat16, float32 as XLA runs it by default: TF32 tensor cores on NVIDIA since
+# Ampere, bfloat16 passes on TPUs). TPU v2 and v3 show each core as a device.
+CHIP_PEAK_TFLOPS = (
+    ("h100 pcie", (756.0, 378.0)),
+    ("h100 nvl", (835.0, 417.5)),
+    ("h100", (989.4, 494.7)),
+    ("h200", (989.4, 494.7)),
+    ("gh200", (989.4, 494.7)),
+    ("b200", (2250.0, 1100.0)),
+    ("a100", (312.0, 156.0)),
+    ("l40s", (362.1, 183.0)),
+    ("l4", (121.0, 60.0)),
+    ("a10", (125.0, 62.5)),
+    ("tpu v2", (22.5, 22.5)),
+    ("tpu v3", (61.5, 61.5)),
+    ("tpu v4", (275.0, 275.0)),
+    ("tpu v5 lite", (197.0, 197.0)),
+    ("tpu v5e", (197.0, 197.0)),
+    ("tpu v5", (459.0, 459.0)),
+    ("tpu v6 lite", (918.0, 918.0)),
+    ("tpu v6e", (918.0, 918.0)),
+)
+
+
+def chip_peak_tflops(device_kind: str, dtype: str) -> Optional[float]:
+  """The table's peak for this device kind and compute dtype, or None for an unknown chip (and CPUs)."""
+  kind = device_kind.lower()
+  for name, (bf16, fp32) in CHIP_PEAK_TFLOPS:
+    if name in kind:
+      return bf16 if dtype == "bfloat16" else fp32
+  return None
+
+
+# Entry-computation instructions that launch no work of their own.
+_NO_WORK_OPS = frozenset({"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
+                          "partition-id", "replica-id", "opt-barrier"})
+
+
+def compiled_op_count(hlo_text: str) -> int:
+  """Instructions in the optimised program's entry computation that do work: fusions, library calls
+  (convolutions, matrix products, attention), copies, collectives. On a GPU each is about one kernel launch."""
+  start = hlo_text.find("\nENTRY")
+  if start < 0:
+    return 0
+  body = hlo_text[start:hlo_text.find("\n}", start)].splitlines()[1:]
+  ops = [re.search(r"([a-z][a-z0-9-]*)\(", line.split(" = ", 1)[1]) for line in body if " = " in line]
+  return sum(1 for op in ops if op and op.group(1) not in _NO_WORK_OPS)
 
 
 def peak_rss_gb() -> float:
@@ -57,6 +115,24 @@ def synthetic_batches(exp: Experiment):
   return batch
 
 
+def cost_flops(cost) -> float:
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def model_flops_per_step(config, batch: dict) -> float:
+  """XLA's FLOP count of one whole train step (all devices) as the program is written: the model FLOPs of MFU.
+
+  Counted on the step before optimisation, where every convolution and matrix product is still an HLO op
+  (a GPU's compiled program hides them in library calls whose FLOPs XLA does not count), with XLA's attention
+  in place of cuDNN's fused call for the same reason. Platform-independent, so CPU and GPU rows compare.
+  """
+  reference = config.copy_and_resolve_references()
+  reference.model.attention_impl = "xla"
+  exp = Experiment(reference)
+  return cost_flops(exp.train_step_fn().lower(exp.abstract_state, batch, exp.train_rng).cost_analysis())
+
+
 def time_train_step(config, batch_size: int, steps: int) -> dict:
   config.train.batch_size = batch_size
   exp = Experiment(config)
@@ -71,9 +147,8 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
   compile_peak_gb = peak_rss_gb()
   memory = compiled.memory_analysis()
   temp_gb = memory.temp_size_in_bytes / 2 ** 30 if memory is not None else None
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  flops = model_flops_per_step(config, batch)
+  ops = compiled_op_count(compiled.as_text())
   state, metrics = compiled(state, batch, rng)  # warm-up
   jax.block_until_ready(metrics)
   times = []
@@ -84,10 +159,15 @@ def time_train_step(config, batch_size: int, steps: int) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
+  m = exp.model_config
+  peak = PEAK_TFLOPS.value or chip_peak_tflops(jax.devices()[0].device_kind, m.dtype)
+  devices = exp.mesh.size
   return {"batch": batch_size, "microbatch_size": config.train.microbatch_size, "devices": exp.mesh.size,
-          "dtype": config.model.dtype, "compile_s": compile_s,
-          "train_step_s": step_s, "images_per_s": batch_size / step_s, "flops_per_step": flops,
-          "achieved_gflops": flops / step_s / 1e9, "peak_rss_gb": peak_rss_gb(),
+          "dtype": m.dtype, "attention_impl": m.attention_impl, "norm_impl": m.norm_impl, "compile_s": compile_s,
+          "train_step_s": step_s, "step_s_min": float(np.min(times)), "step_s_max": float(np.max(times)),
+          "images_per_s": batch_size / step_s, "model_flops_per_step": flops, "compiled_ops": ops,
+          "achieved_tflops_per_device": flops / step_s / devices / 1e12, "peak_tflops_per_device": peak,
+          "mfu": flops / step_s / devices / (peak * 1e12) if peak else None, "peak_rss_gb": peak_rss_gb(),
           "peak_rss_after_compile_gb": compile_peak_gb, "xla_temp_gb_per_device": temp_gb,
           "peak_device_gb": peak_device_gb()}
 
@@ -108,7 +188,7 @@ def time_sampling(config, num_samples: int, steps: int, repeats: int = 2) -> dic
     jax.block_until_ready(sampler(params, tokens, mask, scales, jax.random.key(i + 1)))
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times)) / steps
-  return {"samples": num_samples, "devices": exp.mesh.size, "dtype": config.model.dtype,
+  return {"samples": num_samples, "devices": exp.mesh.size, "dtype": exp.model_config.dtype,
           "compile_and_first_call_s": first_s, "sample_step_s": step_s,
           "samples_per_s_1000_steps": num_samples / (step_s * 1000), "peak_rss_gb": peak_rss_gb(),
           "peak_device_gb": peak_device_gb()}
@@ -119,17 +199,24 @@ def device_memory(result: dict) -> str:
   return "" if gb is None else f" | peak device memory {gb:.2f} GB"
 
 
+def mfu_text(result: dict) -> str:
+  return f"MFU {100 * result['mfu']:5.1f}%" if result["mfu"] is not None else "MFU -"
+
+
 def main(argv):
   del argv
+  enable_compilation_cache()
   config = flags.FLAGS.config
   results, sampling = [], []
   for batch in ([] if SKIP_TRAIN.value else BATCH.value or [config.train.batch_size]):
     results.append(time_train_step(config.copy_and_resolve_references(), batch, STEPS.value))
     r = results[-1]
     print(f"batch {r['batch']:4d} (micro {r['microbatch_size'] or r['batch']}) | devices {r['devices']} | "
-          f"{r['dtype']:8s} | compile {r['compile_s']:6.1f} s | "
+          f"{r['dtype']:8s} attention {r['attention_impl']} norm {r['norm_impl']} | compile {r['compile_s']:6.1f} s | "
           f"step {r['train_step_s']:8.4f} s | {r['images_per_s']:7.1f} img/s | "
-          f"{r['flops_per_step'] / 1e9:8.1f} GFLOP/step | {r['achieved_gflops']:6.1f} GFLOP/s | "
+          f"{r['model_flops_per_step'] / 1e9:8.1f} GFLOP/step | {1e3 * r['achieved_tflops_per_device']:8.1f} "
+          f"GFLOP/s/device | {mfu_text(r)} | "
+          f"{r['compiled_ops']} ops | "
           f"peak RSS {r['peak_rss_gb']:.2f} GB (compile {r['peak_rss_after_compile_gb']:.2f}) | "
           f"XLA temp/device {r['xla_temp_gb_per_device'] or 0:.2f} GB{device_memory(r)}", flush=True)
   for n in SAMPLE_BATCH.value:

@@ -108,11 +108,17 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> ja
   cuDNN's fused (flash) attention, which scales the logits by d^-½ once and keeps the softmax in float32;
   "xla" is the reference arithmetic below.
   """
-  if impl == "cudnn":
-    out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), implementation="cudnn")
-    return out.reshape(*out.shape[:2], -1)
+  if impl != "xla":
+    return fused_attention(q, k, v, impl)
   scale = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
   logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k * scale)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return out.reshape(*out.shape[:2], -1)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+  """`attention` through jax.nn.dot_product_attention ("cudnn": one fused kernel; "xla": the same function
+  in XLA ops, which lets CPU tests check this call's layout and scale)."""
+  out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), implementation=implementation)
   return out.reshape(*out.shape[:2], -1)

@@ -25,7 +25,7 @@ def platform() -> str:
   """'cpu', 'gpu' (CUDA), 'rocm' or 'tpu': the default backend, with ROCm told apart from CUDA."""
   backend = jax.default_backend()
   if backend == "gpu":
-    version = str(getattr(jax.devices()[0].client, "platform_version", "")).lower()
+    version = str(getattr(getattr(jax.devices()[0], "client", None), "platform_version", "")).lower()
     return "rocm" if "rocm" in version or "hip" in version else "gpu"
   return backend
 

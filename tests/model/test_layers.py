@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from glide_jax.model.layers import GroupNorm32, group_norm
+from glide_jax.model.layers import GroupNorm32, attention, fused_attention, group_norm
 
 
 def np_group_norm(x, scale, bias, groups, eps):
@@ -52,3 +52,14 @@ def test_group_norm_keeps_flax_parameter_names_and_init():
   assert jax.tree_util.tree_map(np.shape, params) == {"norm": {"scale": (16,), "bias": (16,)}}
   np.testing.assert_array_equal(params["norm"]["scale"], 1.0)
   np.testing.assert_array_equal(params["norm"]["bias"], 0.0)
+
+
+def test_the_fused_attention_call_computes_glide_attention():
+  """The cuDNN path's call (jax.nn.dot_product_attention: layout, d^-1/2 scale, head concatenation), run by XLA
+  here, equals GLIDE's attention; more keys than queries, as with the text tokens prepended."""
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(size=(2, n, 3, 8)).astype(np.float32) for n in (5, 9, 9))
+  want = np.asarray(attention(q, k, v))
+  assert want.shape == (2, 5, 24)
+  np.testing.assert_allclose(np.asarray(fused_attention(q, k, v, "xla")), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(attention(q, k, v, "xla")), want)
