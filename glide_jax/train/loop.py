@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
 
 import jax
@@ -51,72 +53,141 @@ def _summarize(pending: list[dict[str, jax.Array]], seconds: float) -> dict[str,
   return summary
 
 
+def recovery_command(learning_rate: float) -> str:
+  """The command line that resumes this run with a tenth of the learning rate (generic outside main.py)."""
+  lower = f"--config.train.learning_rate={learning_rate / 10:g}"
+  if not sys.argv or os.path.basename(sys.argv[0]) != "main.py":
+    return f"the same command with {lower}"
+  kept = [a for a in sys.argv if not a.startswith("--config.train.learning_rate")]
+  return shlex.join(["python", *kept, lower])
+
+
+def diverged_error(streak: int, step: int, config: ml_collections.ConfigDict, checkpoint_dir: str,
+                   last_checkpoint: int | None, resumed_from: int) -> TrainingDivergedError:
+  """What happened, which checkpoint is safe, and the command that recovers."""
+  what = (f"The loss or gradients were not finite for {streak} steps in a row (up to step {step}); those steps "
+          f"were skipped and training stopped, and no checkpoint was saved during them.")
+  fix = f"run {recovery_command(config.train.learning_rate)} (or check the data)."
+  if last_checkpoint is None:
+    return TrainingDivergedError(f"{what} There is no checkpoint yet; to start again with a lower learning rate, {fix}")
+  hint = ""
+  if last_checkpoint == resumed_from and step - last_checkpoint <= streak:
+    hint = (f" This run diverged right after resuming from that checkpoint, so its parameters may themselves be "
+            f"diverged: if a lower learning rate does not help, move {checkpoint_dir}/{last_checkpoint} aside to "
+            f"resume from the one before it.")
+  return TrainingDivergedError(f"{what} The last checkpoint in {checkpoint_dir} (step {last_checkpoint}) is from "
+                               f"before them and is kept. To resume from it with a lower learning rate, {fix}{hint}")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from the latest checkpoint in workdir) until config.train.num_steps; returns the state.
 
-  SIGTERM or SIGINT finishes the current step, saves a checkpoint there and returns early. Everything the
-  config, the devices and the dataset can get wrong is reported before the workdir is touched.
+  SIGTERM or SIGINT finishes the current step, saves a checkpoint there and returns early (before the
+  first step: returns at once). Everything the config, the devices and the dataset can get wrong is
+  reported before the workdir is touched.
   """
+  with PreemptionGuard() as guard:
+    return _train(config, workdir, guard)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGuard) -> TrainState:
   exp = Experiment(config, workdir)
   t = config.train
   step_fn = exp.train_step_fn()
   batches = exp.batch_source()
   workdir = exp.open_workdir(create=True)
   checkpointer = exp.checkpointer()
-  state = exp.restore_or_init(checkpointer)
-  start = int(jax.device_get(state.step))
   is_main = jax.process_index() == 0
-  if start and is_main:
-    print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+  try:
+    state = exp.restore_or_init(checkpointer)
+    start = int(jax.device_get(state.step))
+    if start and is_main:
+      print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+    if start >= t.num_steps:
+      if is_main:
+        print(f"Nothing to train: the run in {workdir} is at step {start}, and config.train.num_steps is "
+              f"{t.num_steps}. Raise --config.train.num_steps to train it further.", flush=True)
+      return state
+    if guard.should_stop(start):
+      if is_main:
+        print(f"Stopped by {guard.reason} before the first step; nothing new to save. Rerun the same command to "
+              f"{'resume' if start else 'start'}.", flush=True)
+      return state
+    return _train_steps(exp, state, start, step_fn, batches, checkpointer, guard, workdir)
+  finally:
+    checkpointer.close()
+
+
+def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batches, checkpointer, guard,
+                 workdir: str) -> TrainState:
+  """The loop from step `start` to num_steps: steps, checkpoints, metrics, sample grids and clean stops."""
+  config, t = exp.config, exp.config.train
+  is_main = jax.process_index() == 0
   sampler = TrainingSampler(exp, batches.dataset.class_names, workdir) if t.sample_every else None
   train_rng = exp.train_rng
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)
   pending: list[dict[str, jax.Array]] = []
-  if start < t.num_steps and jax.process_count() > 1:  # (The first batch is built only where it is needed.)
+  window_start = time.perf_counter()
+
+  def write_metrics(step: int) -> None:
+    nonlocal pending, window_start
+    if not pending:
+      return
+    summary = _summarize(pending, time.perf_counter() - window_start)
+    writer.write_scalars(step, summary)
+    if bar is not None:
+      bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
+                      steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
+    pending, window_start = [], time.perf_counter()
+
+  if jax.process_count() > 1:
     step_fn = sharding_lib.compiled_for_all_processes(
         step_fn, state, sharding_lib.put_batch(batches(start), exp.mesh), train_rng)
+  # A resumed run starts a fresh streak (checkpoints are only written after finite steps, but older ones
+  # may carry one).
+  state = state.replace(nonfinite_streak=jax.device_put(np.zeros((), np.int32), state.nonfinite_streak.sharding))
   last_streak = state.nonfinite_streak.copy()  # (The state itself is donated to the step.)
-  window_start = time.perf_counter()
+  done = start
   try:
-    with PreemptionGuard() as guard:
-      for step in range(start, t.num_steps):
-        batch = sharding_lib.put_batch(batches(step), exp.mesh)
-        state, metrics = step_fn(state, batch, train_rng)
-        # The previous step's streak is read after this step is dispatched, so the check never stalls.
-        streak, last_streak = last_streak, metrics.pop("nonfinite_streak")
-        if int(streak) >= t.max_nonfinite_steps:
-          raise TrainingDivergedError(
-              f"The loss or gradients were not finite for {int(streak)} steps in a row (up to step {step}); "
-              f"those steps were skipped and training stopped. The last checkpoint in "
-              f"{checkpointer.directory} (step {checkpointer.latest_step()}) is kept. Lower "
-              f"config.train.learning_rate or check the data, then rerun to resume from it.")
-        pending.append(metrics)
-        done = step + 1
-        if guard.should_stop(done):
+    for step in range(start, t.num_steps):
+      batch = sharding_lib.put_batch(batches(step), exp.mesh)
+      state, metrics = step_fn(state, batch, train_rng)
+      # The previous step's streak is read after this step is dispatched, so the check never stalls.
+      streak, last_streak = last_streak, metrics.pop("nonfinite_streak")
+      if int(streak) >= t.max_nonfinite_steps:
+        write_metrics(step)
+        checkpointer.wait()
+        raise diverged_error(int(streak), step, config, checkpointer.directory, checkpointer.latest_step(), start)
+      pending.append(metrics)
+      done = step + 1
+      stopping = guard.should_stop(done)
+      skipped = 0
+      if stopping or done % t.checkpoint_every == 0 or done == t.num_steps:
+        # Never a checkpoint in a non-finite streak: retention would rotate out the good ones before it.
+        skipped = int(last_streak)
+        if skipped:
+          print(f"No checkpoint at step {done}: the last {skipped} steps were not finite (skipped); the "
+                f"checkpoint at step {checkpointer.latest_step()} is kept.", file=sys.stderr, flush=True)
+        else:
           checkpointer.save(done, state, config)
-          checkpointer.wait()
-          if is_main:
-            print(f"Stopped by {guard.reason} after step {done}: checkpoint saved in {checkpointer.directory}; "
-                  f"rerun the same command to resume.", flush=True)
-          break
-        if done % t.checkpoint_every == 0 or done == t.num_steps:
-          checkpointer.save(done, state, config)
-        if done % t.log_every == 0 or done == t.num_steps:
-          summary = _summarize(pending, time.perf_counter() - window_start)
-          writer.write_scalars(done, summary)
-          if bar is not None:
-            bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
-                            steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
-          pending, window_start = [], time.perf_counter()
-        if sampler is not None and (done % t.sample_every == 0 or done == t.num_steps):
-          sampler(state, done, writer)
-          window_start = time.perf_counter()
-        if bar is not None:
-          bar.update(1)
+      if stopping or done % t.log_every == 0 or done == t.num_steps:
+        write_metrics(done)
+      if stopping:
+        checkpointer.wait()
+        if is_main:
+          saved = f"latest checkpoint: step {checkpointer.latest_step()}" if skipped else "checkpoint saved"
+          print(f"Stopped by {guard.reason} after step {done}: {saved} in {checkpointer.directory}; "
+                f"rerun the same command to resume.", flush=True)
+        break
+      if sampler is not None and (done % t.sample_every == 0 or done == t.num_steps):
+        sampler(state, done, writer)
+        window_start = time.perf_counter()
+      if bar is not None:
+        bar.update(1)
   finally:
     if bar is not None:
       bar.close()
-    checkpointer.close()
+    checkpointer.wait()
     writer.close()
   return state

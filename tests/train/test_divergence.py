@@ -71,11 +71,12 @@ def test_too_many_nonfinite_steps_stop_training_and_keep_the_checkpoint(tmp_path
     train(config, workdir)
   message = str(info.value)
   assert "not finite for 3 steps in a row" in message, message
-  kept = re.search(r"The last checkpoint in (\S+) \(step (\d+)\) is kept", message)
+  kept = re.search(r"The last checkpoint in (\S+) \(step (\d+)\) is from before them and is kept", message)
   assert kept, message
   assert kept.group(1) == os.path.join(workdir, "checkpoints")
-  assert 2 in checkpoint_steps(workdir)
-  assert int(kept.group(2)) == max(checkpoint_steps(workdir))
+  assert checkpoint_steps(workdir) == [2]  # None written in the streak (steps 3-5).
+  assert int(kept.group(2)) == 2
+  assert "--config.train.learning_rate=0.0001" in message
   # The steps were skipped: the kept checkpoint holds the finite parameters of step 2.
   state2 = restore_checkpoint(config, workdir, step=2)
   latest = restore_checkpoint(config, workdir)
@@ -86,3 +87,38 @@ def test_too_many_nonfinite_steps_stop_training_and_keep_the_checkpoint(tmp_path
   assert len(nonfinite) >= 3
 
 
+
+
+def test_a_diverged_run_recovers_by_the_printed_advice(tmp_path):
+  """The issue's case: a 4-step run (checkpoints 2 and 4) resumed with an absurd learning rate diverges; no
+  checkpoint is written in the streak, so 2 and 4 survive retention; the advised rerun resumes from 4 with a
+  fresh streak and finishes."""
+  workdir = str(tmp_path / "run")
+  train(tiny_config(num_steps=4, checkpoint_every=2), workdir)
+  good = restore_checkpoint(tiny_config(), workdir, step=4)
+  blowup = tiny_config(num_steps=12, checkpoint_every=2, max_nonfinite_steps=3, learning_rate=1e30,
+                       keep_checkpoints=2)
+  with pytest.raises(TrainingDivergedError) as info:
+    train(blowup, workdir)
+  message = str(info.value)
+  assert "(step 4) is from before them" in message, message
+  assert checkpoint_steps(workdir) == [2, 4]
+  assert_trees_equal(restore_checkpoint(tiny_config(), workdir, step=4).params, good.params)
+  lower = float(re.search(r"--config.train.learning_rate=(\S+)", message).group(1))
+  assert lower == pytest.approx(1e29)
+  # Following the advice with a sane rate (the advice is a tenth of whatever was used).
+  state = train(tiny_config(num_steps=8, checkpoint_every=2, max_nonfinite_steps=3, keep_checkpoints=2), workdir)
+  assert int(state.step) == 8 and int(state.nonfinite_streak) == 0
+  assert checkpoint_steps(workdir) == [6, 8]
+  final = restore_checkpoint(tiny_config(), workdir)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(final.params))
+
+
+def test_recovery_command_lowers_the_learning_rate_of_the_command_line(monkeypatch):
+  from glide_jax.train.loop import recovery_command
+  monkeypatch.setattr("sys.argv", ["/x/main.py", "--config=configs/tiny.py", "--workdir=/w",
+                                   "--config.train.learning_rate=1e30"])
+  assert recovery_command(1e30) == ("python /x/main.py --config=configs/tiny.py --workdir=/w "
+                                    "--config.train.learning_rate=1e+29")
+  monkeypatch.setattr("sys.argv", ["pytest"])
+  assert recovery_command(2e-4) == "the same command with --config.train.learning_rate=2e-05"
