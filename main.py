@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 
 from glide_jax.runtime import use_all_cpu_cores  # (Imports no JAX: the CPU devices must be set up first.)
 
+
+def _stopped_before_work(signum, frame):
+  """SIGTERM while starting up (imports, flags): nothing has been written yet, so stop with a message."""
+  print(f"Stopped by {signal.Signals(signum).name} before the first step; nothing new to save. Rerun the same "
+        f"command to start or resume.", flush=True)
+  raise SystemExit(0)
+
+
+signal.signal(signal.SIGTERM, _stopped_before_work)  # Training's own handler takes over once it starts.
 use_all_cpu_cores()
 
 from absl import app, flags, logging  # noqa: E402
@@ -58,6 +68,8 @@ def main(argv):
   from glide_jax.runtime import enable_compilation_cache, initialize_distributed
 
   module_name, function_name = MODES[MODE.value].split(":")
+  if MODE.value != "train":
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
   try:
     initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
     enable_compilation_cache()

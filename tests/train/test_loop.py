@@ -26,7 +26,7 @@ def test_loss_falls_on_mnist(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "40"
 
 
-def test_resume_is_bit_exact(tmp_path):
+def test_resume_is_bit_exact(tmp_path, capsys):
   config = tiny.get_config()
   config.train.checkpoint_every = 100
   config.train.num_steps = 6
@@ -39,6 +39,11 @@ def test_resume_is_bit_exact(tmp_path):
   assert_trees_equal(resumed.params, straight.params)
   assert_trees_equal(resumed.ema_params, straight.ema_params)
   assert_trees_equal(resumed.opt_state, straight.opt_state)
+  rows = read_metrics(str(tmp_path / "resumed"))
+  # Resuming a run that is already there says so and changes nothing.
+  resumed_again = train(config, str(tmp_path / "resumed"))
+  assert int(resumed_again.step) == 12 and read_metrics(str(tmp_path / "resumed")) == rows
+  assert "Nothing to train: the run in" in capsys.readouterr().out
   assert [m["loss"] for m in read_metrics(str(tmp_path / "resumed"))][-1] == pytest.approx(
       [m["loss"] for m in read_metrics(str(tmp_path / "straight"))][-1], rel=0, abs=0)
 

@@ -49,7 +49,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
   n = int(match.group(1))
   assert match.group(2) == str(workdir / "checkpoints")
   logged = metric_steps(workdir)
-  assert n >= max(logged) and n < 1000  # The last finished step, not a periodic save.
+  assert logged[-1] == n and n < 1000  # The last finished step (its metrics row too), not a periodic save.
   assert checkpoint_steps(workdir) == [n]
   assert not tmp_checkpoints(workdir)
 
@@ -58,6 +58,24 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
   assert resumed_from(result.stdout) == [n], result.stdout
   assert checkpoint_steps(workdir) == [n, n + 3]
   assert metric_steps(workdir)[-1] == n + 3
+
+
+def test_sigterm_before_the_first_step_says_so_and_saves_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  proc = popen_main(workdir, str(tmp_path / "early"), "--config.train.num_steps=5")
+  try:
+    time.sleep(1.0)  # Still importing or building the experiment: seconds before any step.
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  out, err = read(tmp_path / "early.out"), read(tmp_path / "early.err")
+  assert rc == 0, err[-3000:]
+  assert "Traceback" not in err
+  assert "Stopped by SIGTERM before the first step; nothing new to save. Rerun the same command to" in out, out
+  assert checkpoint_steps(workdir) == [] and metric_steps(workdir) == []
 
 
 # ---------------------------------------------------------------------------------------------------------
