@@ -21,7 +21,41 @@ def _stopped_before_work(signum, frame):
   raise SystemExit(0)
 
 
+def _quiet_library_noise() -> None:
+  """Our warnings as one `warning:` line; library internals that are not the user's to act on, silenced.
+
+  Reading a damaged checkpoint leaves TensorStore callbacks firing into Orbax's closed event loop: each
+  prints a "RuntimeError: Event loop is closed" traceback as an unraisable exception (hundreds per
+  checkpoint) and asyncio logs "Future exception was never retrieved". The damage itself is reported in
+  one line.
+  """
+  import logging
+  import warnings
+
+  package_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glide_jax")
+  default_showwarning, default_unraisablehook = warnings.showwarning, sys.unraisablehook
+
+  def showwarning(message, category, filename, lineno, file=None, line=None):
+    if os.path.abspath(filename).startswith(package_dir):
+      print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    else:
+      default_showwarning(message, category, filename, lineno, file, line)
+
+  def unraisablehook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    default_unraisablehook(unraisable)
+
+  warnings.showwarning, sys.unraisablehook = showwarning, unraisablehook
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  # TFDS recommends OpenCV on every start (the images decode fine without it); Orbax warns that a checkpoint
+  # directory opened read-only (sampling, evaluation) is read-only.
+  noise = ("OpenCV is not installed", "Given directory is read only")
+  logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith(noise))
+
+
 signal.signal(signal.SIGTERM, _stopped_before_work)  # Training's own handler takes over once it starts.
+_quiet_library_noise()
 use_all_cpu_cores()
 
 from absl import app, flags, logging  # noqa: E402

@@ -16,6 +16,7 @@ from helpers.runs import (
   corrupt_checkpoint,
   restore_checkpoint,
   resumed_from,
+  run_main,
   snapshot,
   tiny_config,
 )
@@ -78,6 +79,31 @@ def test_every_checkpoint_damaged_is_a_user_error_and_deletes_nothing(four_steps
 
 # ---------------------------------------------------------------------------------------------------------
 # 5. Resuming with another model config names the differing fields.
+
+
+def test_damaged_checkpoints_are_one_line_each_on_the_command_line(four_steps):
+  """No library tracebacks (TensorStore callbacks into Orbax's closed event loop printed hundreds): one
+  `warning:` line per damaged checkpoint, then the refusal; and sampling from the next readable one."""
+  corrupt_checkpoint(four_steps, 4)
+  corrupt_checkpoint(four_steps, 2)
+  result = run_main(four_steps, "--config.train.num_steps=6")
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+  assert [line.split(" is damaged")[0] for line in lines[:2]] == [
+      f"warning: Checkpoint at step {s} in {four_steps}/checkpoints" for s in (4, 2)]
+  assert lines[2].startswith(f"error: Every checkpoint in {four_steps}/checkpoints is damaged") and len(lines) == 3
+
+
+def test_sampling_skips_a_damaged_checkpoint_in_one_line(four_steps):
+  corrupt_checkpoint(four_steps, 4)
+  result = run_main(four_steps, "--config.sample.respacing=3", "--config.sample.prompts=1",
+                    "--config.sample.guidance_scales=1.0", mode="sample")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
+                                                if line.startswith("warning: Checkpoint at step 4 ")]
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert "(checkpoint step 2, EMA parameters)" in result.stdout
 
 
 def test_resume_with_another_model_config_is_a_user_error(tmp_path):
