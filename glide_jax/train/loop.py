@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -19,6 +20,7 @@ from glide_jax.sampling import images as images_lib
 from glide_jax.train.metrics_writer import MetricWriter
 from glide_jax.train.preemption import PreemptionGuard
 from glide_jax.train.step import TrainState
+from glide_jax.train.workdir_lock import WorkdirLock
 
 
 def _progress_bar(start: int, total: int):
@@ -92,12 +94,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
 
 def _train(config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGuard) -> TrainState:
   exp = Experiment(config, workdir)
-  t = config.train
   step_fn = exp.train_step_fn()
   batches = exp.batch_source()
   workdir = exp.open_workdir(create=True)
-  checkpointer = exp.checkpointer()
   is_main = jax.process_index() == 0
+  # Before the checkpoint manager, which removes unfinished checkpoint directories: another trainer's.
+  with WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+    return _train_locked(exp, workdir, step_fn, batches, guard)
+
+
+def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: PreemptionGuard) -> TrainState:
+  """Restores or initialises the state, then trains unless there is nothing to do or a stop came first."""
+  t = exp.config.train
+  is_main = jax.process_index() == 0
+  checkpointer = exp.checkpointer()
   try:
     state = exp.restore_or_init(checkpointer)
     start = int(jax.device_get(state.step))

@@ -1,0 +1,81 @@
+"""One trainer per workdir: a second exits 2 within seconds naming the first, and the first finishes with its
+own checkpoints and metrics; sampling runs beside it; a killed trainer leaves no stuck lock."""
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from glide_jax.errors import UserError
+from glide_jax.train.loop import train
+from glide_jax.train.workdir_lock import LOCK_NAME, WorkdirLock
+from helpers.runs import (
+  assert_nothing_removed_or_changed,
+  checkpoint_steps,
+  metric_steps,
+  popen_main,
+  read,
+  restore_checkpoint,
+  run_main,
+  snapshot,
+  tiny_config,
+  wait_until,
+)
+
+
+def test_a_held_lock_refuses_training_and_touches_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  train(tiny_config(num_steps=2), workdir)
+  before = snapshot(workdir)
+  with WorkdirLock(workdir):
+    with pytest.raises(UserError, match=rf"Another training run \(process {os.getpid()} on .+\) is using "
+                                        rf"--workdir {re.escape(workdir)}"):
+      train(tiny_config(num_steps=4), workdir)
+  assert_nothing_removed_or_changed(before, snapshot(workdir))
+  assert read(os.path.join(workdir, LOCK_NAME)) == ""  # Released and emptied.
+  with WorkdirLock(workdir):  # Free again.
+    pass
+
+
+def test_two_trainers_on_one_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  flags_ = ["--config.train.num_steps=10", "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=3",
+            "--config.train.log_every=1"]
+  first = popen_main(workdir, str(tmp_path / "first"), *flags_)
+  try:
+    assert wait_until(lambda: checkpoint_steps(workdir) or first.poll() is not None, timeout=300)
+    assert first.poll() is None, read(tmp_path / "first.err")[-3000:]
+    t0 = time.monotonic()
+    second = run_main(workdir, *flags_)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert time.monotonic() - t0 < 60
+    assert re.search(rf"error: Another training run \(process {first.pid} on .+\) is using --workdir {workdir}",
+                     second.stderr), second.stderr
+    assert "Traceback" not in second.stderr
+    sample = run_main(workdir, "--config.sample.respacing=3", "--config.sample.prompts=1",
+                      "--config.sample.guidance_scales=1.0", mode="sample")
+    assert sample.returncode == 0, sample.stderr[-3000:]
+    assert first.wait(timeout=300) == 0, read(tmp_path / "first.err")[-3000:]
+  finally:
+    if first.poll() is None:
+      first.send_signal(signal.SIGKILL)
+      first.wait()
+  assert checkpoint_steps(workdir) == [6, 8, 10]
+  for step in (6, 8, 10):
+    assert int(restore_checkpoint(tiny_config(), workdir, step=step).step) == step
+  assert metric_steps(workdir) == list(range(1, 11))  # Its own steps, once each.
+
+
+def test_a_killed_trainer_leaves_no_stuck_lock(tmp_path):
+  workdir = tmp_path / "run"
+  proc = popen_main(workdir, str(tmp_path / "killed"), "--config.train.num_steps=10000")
+  try:
+    assert wait_until(lambda: os.path.exists(workdir / LOCK_NAME) and read(workdir / LOCK_NAME), timeout=300)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  assert read(workdir / LOCK_NAME).startswith(f"process {proc.pid} ")  # Stale text, but no lock behind it.
+  with WorkdirLock(str(workdir)):
+    assert read(workdir / LOCK_NAME).startswith(f"process {os.getpid()} ")
