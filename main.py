@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 
@@ -116,6 +117,21 @@ def main(argv):
     sys.exit(130)
 
 
+def _config_file_problem(e: Exception, argv: list[str]) -> str | None:
+  """What is wrong with the --config file itself (no get_config, or get_config raised), with file and line."""
+  path = ([a.split("=", 1)[1] for a in argv if a.startswith("--config=")] or ["?"])[-1]  # absl: the last wins.
+  text = str(e.__context__ or e)
+  if isinstance(e, AttributeError) and "get_config" in str(e):
+    return (f"the --config file {path} defines no get_config(); it must define one that returns an "
+            f"ml_collections.ConfigDict (see configs/mnist_cpu.py)")
+  if "Error whilst parsing config file" in text:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    frames = re.findall(r'File "([^"]+)", line (\d+)', text)
+    where = next((f" at {f} line {n}" for f, n in reversed(frames) if "ml_collections" not in f), "")
+    return f"get_config() in the --config file {path} raised {lines[-1]}{where}"
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, with bad flags or config overrides reported in one paragraph (exit code 2)."""
   try:
@@ -123,6 +139,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     flags.FLAGS.config.keys()  # The config file is loaded (and overrides applied) lazily: surface errors here.
     return rest
   except Exception as e:  # Unknown or ill-typed --config.* keys surface as several exception types.
+    problem = _config_file_problem(e, argv)
+    if problem:
+      print(f"error: {problem}.", file=sys.stderr)
+      sys.exit(2)
     message = " ".join(str(e).split())
     if len(message) > 1 and message[0] == message[-1] and message[0] in "\"'":
       message = message[1:-1]  # KeyError quotes its message.

@@ -14,7 +14,14 @@ import pytest
 
 from glide_jax.train.loop import train
 from helpers.paths import REPO
-from helpers.runs import assert_nothing_removed_or_changed, checkpoint_steps, main_env, run_main, snapshot, tiny_config
+from helpers.runs import (
+  assert_nothing_removed_or_changed,
+  checkpoint_steps,
+  main_cmd,
+  main_env,
+  snapshot,
+  tiny_config,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # 6. User errors through main.py: "error: ..." on stderr, exit code 2, no traceback, nothing deleted.
@@ -68,6 +75,10 @@ USER_ERRORS = [
      r"dataset 'mnist' was not found"),
     ("classifier_dir_is_a_file", "train_classifier", "file", ["--config.eval.classifier_dir={a_file}"],
      r"config\.eval\.classifier_dir = .* it is a file"),
+    ("config_without_get_config", "train", "absent", ["--config={no_get_config}"],
+     r"the --config file .*no_get_config\.py defines no get_config\(\); it must define one"),
+    ("config_get_config_raises", "train", "absent", ["--config={get_config_raises}"],
+     r"get_config\(\) in the --config file .*raises\.py raised ValueError: no such preset at .*raises\.py line 3"),
 ]
 
 
@@ -103,6 +114,12 @@ def main_results(tmp_path_factory, trained_workdir):
   a_file = os.path.join(base, "a_file.txt")
   with open(a_file, "w") as f:
     f.write("not a directory\n")
+  no_get_config = os.path.join(base, "no_get_config.py")
+  with open(no_get_config, "w") as f:
+    f.write("CONFIG = {}\n")
+  get_config_raises = os.path.join(base, "raises.py")
+  with open(get_config_raises, "w") as f:
+    f.write("def get_config():\n  preset = 'large'\n  raise ValueError('no such preset')\n")
   latin1_file = os.path.join(base, "prompts_latin1.txt")
   with open(latin1_file, "wb") as f:
     f.write("sept en fran\u00e7ais, \u00e9crit \u00e0 la main\n".encode("latin-1"))
@@ -112,7 +129,13 @@ def main_results(tmp_path_factory, trained_workdir):
     os.makedirs(case_dir)
     workdir = _prepare(kind, case_dir, trained_workdir)
     before = snapshot(workdir)
-    result = run_main(workdir, *[o.format(latin1_file=latin1_file, a_file=a_file) for o in overrides], mode=mode)
+    files = dict(latin1_file=latin1_file, a_file=a_file, no_get_config=no_get_config,
+                 get_config_raises=get_config_raises)
+    args = [o.format(**files) for o in overrides]
+    config_file = [a for a in args if a.startswith("--config=")]  # In place of tiny's, not after it.
+    cmd = [config_file[0] if c.startswith("--config=") and config_file else c
+           for c in main_cmd(workdir, *[a for a in args if a not in config_file], mode=mode)]
+    result = subprocess.run(cmd, cwd=REPO, env=main_env(), capture_output=True, text=True, timeout=300)
     return workdir, before, snapshot(workdir), result
 
   jobs = {case_id: (case_id, mode, kind, overrides) for case_id, mode, kind, overrides, _ in USER_ERRORS}
