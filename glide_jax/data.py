@@ -90,8 +90,19 @@ def class_names_of(data_config) -> tuple[str, ...]:
   data_dir = resolve_data_dir(data_config.data_dir)
   if not os.path.isdir(os.path.join(data_dir, data_config.name)):
     raise _missing_dataset_error(data_config.name, data_dir)
-  builder = tfds.builder(data_config.name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(data_config.name, data_dir=data_dir)
+  except Exception as e:  # A garbled dataset_info.json or features.json.
+    raise _damaged_dataset_error(data_config.name, data_dir, e) from None
   return class_words(data_config.name, builder.info.features["label"].names)
+
+
+def _damaged_dataset_error(name: str, data_dir: str, error: Exception) -> UserError:
+  reason = " ".join(str(error).split())[:300]
+  return UserError(f"The prepared TFDS dataset {name!r} under {data_dir!r} cannot be read: its files are damaged "
+                   f"({type(error).__name__}: {reason}). Nothing was written. Prepare it again (move "
+                   f"{os.path.join(data_dir, name)} aside and rebuild it, see the README's 'Data offline'), or "
+                   f"point TFDS_DATA_DIR / config.data.data_dir at an intact copy.")
 
 
 @functools.lru_cache(maxsize=8)
@@ -110,11 +121,16 @@ def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32) 
   except ValueError as e:
     raise UserError(f"Cannot read split {split!r} of {name!r}: {e}. Use a TFDS split such as 'train' or "
                     f"'train[:2048]' in config.data.train_split / test_split.") from None
+  except Exception as e:  # A garbled dataset_info.json or features.json: protobuf's ParseError and others.
+    raise _damaged_dataset_error(name, data_dir, e) from None
   if len(source) == 0:
     raise UserError(f"Split {split!r} of {name!r} under {data_dir!r} is empty.")
-  examples = source.__getitems__(list(range(len(source))))
-  images = np.stack([ex["image"] for ex in examples])
-  labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
+  try:
+    examples = source.__getitems__(list(range(len(source))))
+    images = np.stack([ex["image"] for ex in examples])
+    labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
+  except Exception as e:  # Truncated or overwritten array_record files: RuntimeError from Riegeli, and others.
+    raise _damaged_dataset_error(name, data_dir, e) from None
   if images.ndim == 3:
     images = images[..., None]
   class_names = class_words(name, builder.info.features["label"].names)

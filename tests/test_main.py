@@ -2,6 +2,7 @@
 change nothing in the workdir; a too-long prompt is truncated with a warning."""
 
 import concurrent.futures
+import glob
 import importlib.metadata
 import os
 import re
@@ -75,6 +76,10 @@ USER_ERRORS = [
      r"dataset 'mnist' was not found"),
     ("classifier_dir_is_a_file", "train_classifier", "file", ["--config.eval.classifier_dir={a_file}"],
      r"config\.eval\.classifier_dir = .* it is a file"),
+    ("truncated_dataset_file", "train", "absent", ["--config.data.data_dir={truncated_tfds}"],
+     r"The prepared TFDS dataset 'mnist' under .* cannot be read: its files are damaged \(RuntimeError: Corrupted"),
+    ("garbled_dataset_info", "sample", "trained", ["--config.data.data_dir={garbled_tfds}"],
+     r"The prepared TFDS dataset 'mnist' under .* cannot be read: its files are damaged \(ParseError"),
     ("config_without_get_config", "train", "absent", ["--config={no_get_config}"],
      r"the --config file .*no_get_config\.py defines no get_config\(\); it must define one"),
     ("config_get_config_raises", "train", "absent", ["--config={get_config_raises}"],
@@ -120,6 +125,18 @@ def main_results(tmp_path_factory, trained_workdir):
   get_config_raises = os.path.join(base, "raises.py")
   with open(get_config_raises, "w") as f:
     f.write("def get_config():\n  preset = 'large'\n  raise ValueError('no such preset')\n")
+  damaged = {}
+  for kind in ("truncated", "garbled"):
+    damaged[kind] = os.path.join(base, f"{kind}_tfds")
+    shutil.copytree(os.path.join(os.environ["TFDS_DATA_DIR"], "mnist"), os.path.join(damaged[kind], "mnist"),
+                    copy_function=shutil.copyfile)
+    version_dir = glob.glob(os.path.join(damaged[kind], "mnist", "*"))[0]
+    os.chmod(version_dir, 0o755)  # copytree copies the shared copy's read-only mode onto directories.
+    if kind == "truncated":
+      os.truncate(glob.glob(os.path.join(version_dir, "*-train.array_record*"))[0], 1_000_000)
+    else:
+      with open(os.path.join(version_dir, "dataset_info.json"), "w") as f:
+        f.write("{garbage")
   latin1_file = os.path.join(base, "prompts_latin1.txt")
   with open(latin1_file, "wb") as f:
     f.write("sept en fran\u00e7ais, \u00e9crit \u00e0 la main\n".encode("latin-1"))
@@ -130,7 +147,8 @@ def main_results(tmp_path_factory, trained_workdir):
     workdir = _prepare(kind, case_dir, trained_workdir)
     before = snapshot(workdir)
     files = dict(latin1_file=latin1_file, a_file=a_file, no_get_config=no_get_config,
-                 get_config_raises=get_config_raises)
+                 get_config_raises=get_config_raises, truncated_tfds=damaged["truncated"],
+                 garbled_tfds=damaged["garbled"])
     args = [o.format(**files) for o in overrides]
     config_file = [a for a in args if a.startswith("--config=")]  # In place of tiny's, not after it.
     cmd = [config_file[0] if c.startswith("--config=") and config_file else c
