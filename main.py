@@ -53,6 +53,10 @@ def _quiet_library_noise() -> None:
   # directory opened read-only (sampling, evaluation) is read-only.
   noise = ("OpenCV is not installed", "Given directory is read only")
   logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith(noise))
+  # Orbax also logs a failed background save with its traceback from each of its threads; the same error
+  # is raised to the training loop, which reports it (a full disk: one `error:` paragraph).
+  logging.getLogger("absl").addFilter(
+      lambda record: not (record.levelno >= logging.ERROR and record.getMessage().startswith("[process=")))
 
 
 signal.signal(signal.SIGTERM, _stopped_before_work)  # Training's own handler takes over once it starts.
@@ -99,7 +103,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save at INFO; -v 0 shows them.
 
-  from glide_jax.errors import UserError
+  from glide_jax.errors import UserError, is_disk_full
   from glide_jax.runtime import enable_compilation_cache, initialize_distributed
 
   module_name, function_name = MODES[MODE.value].split(":")
@@ -111,6 +115,12 @@ def main(argv):
     getattr(importlib.import_module(module_name), function_name)(flags.FLAGS.config, WORKDIR.value)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:
+    if not is_disk_full(e):
+      raise
+    print(f"error: the disk is full ({type(e).__name__}: {' '.join(str(e).split())[:200]}). Free some space and "
+          f"rerun the same command; checkpoints already written are kept.", file=sys.stderr)
     sys.exit(2)
   except KeyboardInterrupt:
     print("Interrupted.", file=sys.stderr)

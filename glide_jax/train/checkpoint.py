@@ -6,6 +6,7 @@ Restoring builds its target from the *current* mesh, so a checkpoint restores on
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -15,12 +16,34 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from glide_jax.errors import UserError
+from glide_jax.errors import UserError, is_disk_full
 from glide_jax.model.model_config import COMPUTE_FIELDS
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
+
+
+def _disk_full_is_a_user_error(method):
+  """Checkpointer methods that write: a full disk becomes a UserError naming the checkpoint that is intact."""
+  @functools.wraps(method)
+  def wrapper(self, *args, **kwargs):
+    try:
+      return method(self, *args, **kwargs)
+    except Exception as e:
+      if not is_disk_full(e):
+        raise
+      try:  # Earlier saves still in flight may have finished (or failed too).
+        self.manager.wait_until_finished()
+      except Exception:
+        pass
+      self.manager.reload()
+      kept = [s for s in self.all_steps() if os.path.isdir(os.path.join(self.directory, str(s)))]
+      intact = f"the checkpoint at step {max(kept)} is intact" if kept else "no earlier checkpoint exists"
+      raise UserError(f"Cannot write a checkpoint in {self.directory}: the disk is full. Training stopped; "
+                      f"{intact}. Free some space (or set --workdir on a larger disk, copying the workdir) and "
+                      f"rerun the same command to resume.") from None
+  return wrapper
 
 
 class Checkpointer:
@@ -43,6 +66,7 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  @_disk_full_is_a_user_error
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> bool:
     """Starts an asynchronous save of `state` at `step`; returns whether one was started."""
     return self.manager.save(step, args=ocp.args.Composite(
@@ -108,9 +132,11 @@ class Checkpointer:
       multihost_utils.sync_global_devices("glide_jax_damaged_checkpoints_moved")
     self.manager.reload()
 
+  @_disk_full_is_a_user_error
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
+  @_disk_full_is_a_user_error
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
