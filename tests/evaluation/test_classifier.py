@@ -160,3 +160,12 @@ def test_a_classifier_of_one_step_trains(tmp_path):
                                                test_split=TEST_SPLIT, verbose=False)
   assert 0.0 <= test_accuracy <= 1.0
   assert params["head"]["kernel"].shape == (clf.FEATURE_DIM, 10)
+
+
+def test_a_single_training_step_works(tmp_path):
+  """classifier_steps=1 (no warm-up, one cosine step) used to fail in optax after the data was loaded."""
+  config = small_config(tmp_path / "one_step")
+  config.eval.classifier_steps = 1
+  trained = cache.get_or_train_classifier(config, verbose=False)
+  assert 0.0 <= trained.test_accuracy <= 1.0
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(trained.params))
