@@ -220,3 +220,21 @@ def test_the_package_is_importable_from_anywhere_once_installed(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == os.path.join(REPO, "glide_jax", "__init__.py")
+
+
+def test_a_fresh_training_run_prints_nothing_but_progress(tmp_path):
+  """No library chatter a user cannot act on (TFDS's OpenCV advice, Orbax notices, JAX platform probing):
+  stderr holds the progress bar alone, and stdout nothing, on a fresh tiny run and a sampling run after it."""
+  env = {k: v for k, v in main_env().items() if k != "JAX_PLATFORMS"}  # As a user runs it.
+  workdir = tmp_path / "run"
+  train_run = subprocess.run(main_cmd(workdir, "--config.train.num_steps=2"), cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+  assert train_run.returncode == 0, train_run.stderr[-3000:]
+  chatter = [line for line in re.split(r"[\r\n]+", train_run.stderr) if line.strip() and not line.startswith("train:")]
+  assert chatter == [] and train_run.stdout == "", (chatter, train_run.stdout)
+  sample_run = subprocess.run(main_cmd(workdir, "--config.sample.respacing=2", "--config.sample.prompts=1",
+                                       "--config.sample.guidance_scales=1.0", mode="sample"),
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert sample_run.returncode == 0, sample_run.stderr[-3000:]
+  assert sample_run.stderr.strip() == ""
+  assert sample_run.stdout.startswith("Wrote ") and len(sample_run.stdout.strip().splitlines()) == 1
