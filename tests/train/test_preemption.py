@@ -29,15 +29,12 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
   workdir = tmp_path / "run"
   flags_ = ["--config.train.checkpoint_every=1000", "--config.train.log_every=2"]
   proc = popen_main(workdir, str(tmp_path / "first"), "--config.train.num_steps=10000", *flags_)
-  try:
+
+  def once_stepping():
     stepping = wait_until(lambda: metric_steps(workdir) or proc.poll() is not None, timeout=300)
     assert stepping and proc.poll() is None, read(tmp_path / "first.err")[-3000:]
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=120)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
+
+  rc = sigterm_when(proc, once_stepping)
   out, err = read(tmp_path / "first.out"), read(tmp_path / "first.err")
   assert rc == 0, err[-3000:]
   assert "Traceback" not in err
@@ -63,19 +60,24 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
 def test_sigterm_before_the_first_step_says_so_and_saves_nothing(tmp_path):
   workdir = tmp_path / "run"
   proc = popen_main(workdir, str(tmp_path / "early"), "--config.train.num_steps=5")
-  try:
-    time.sleep(1.0)  # Still importing or building the experiment: seconds before any step.
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=120)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
+  rc = sigterm_when(proc, lambda: time.sleep(1.0))  # Still importing or building: seconds before any step.
   out, err = read(tmp_path / "early.out"), read(tmp_path / "early.err")
   assert rc == 0, err[-3000:]
   assert "Traceback" not in err
   assert "Stopped by SIGTERM before the first step; nothing new to save. Rerun the same command to" in out, out
   assert checkpoint_steps(workdir) == [] and metric_steps(workdir) == []
+
+
+def sigterm_when(proc, ready) -> int:
+  """SIGTERM to `proc` once `ready()` returns, then its exit code; it is killed if anything goes wrong."""
+  try:
+    ready()
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------------------
