@@ -50,9 +50,11 @@ def _quiet_library_noise() -> None:
   warnings.showwarning, sys.unraisablehook = showwarning, unraisablehook
   logging.getLogger("asyncio").setLevel(logging.CRITICAL)
   # TFDS recommends OpenCV on every start (the images decode fine without it); Orbax warns that a checkpoint
-  # directory opened read-only (sampling, evaluation) is read-only.
+  # directory opened read-only (sampling, evaluation) is read-only; TFDS that a dataset to be prepared on
+  # first use has no metadata yet.
   noise = ("OpenCV is not installed", "Given directory is read only")
-  logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith(noise))
+  logging.getLogger("absl").addFilter(lambda record: not (record.getMessage().startswith(noise) or (
+      record.getMessage().startswith("Variant folder") and "has no dataset_info.json" in record.getMessage())))
   # Orbax also logs a failed background save with its traceback from each of its threads; the same error
   # is raised to the training loop, which reports it (a full disk: one `error:` paragraph).
   logging.getLogger("absl").addFilter(

@@ -31,6 +31,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "mnist"            # Any TFDS image dataset with an `image` and a ClassLabel `label`.
   c.data.data_dir = ""             # "" = $TFDS_DATA_DIR, else TFDS's default directory.
+  c.data.download = True           # Download and prepare the dataset in data_dir the first time it is missing.
+  c.data.download_url = ""         # A mirror of MNIST-format files (mnist, fashion_mnist, kmnist); "" = TFDS's.
   c.data.train_split = "train"     # TFDS split strings work, e.g. "train[:2048]".
   c.data.test_split = "test"
   c.data.image_size = 32           # MNIST's 28x28 is resized (bilinear) as in the reference lesson.
@@ -165,6 +167,11 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
       _fail(f"data.{name}", d[name], "give a TFDS name or split, e.g. 'mnist' or 'train[:2048]'.")
   if not isinstance(d.data_dir, str):
     _fail("data.data_dir", d.data_dir, "give a directory path, or '' for $TFDS_DATA_DIR.")
+  if not isinstance(d.download, bool):
+    _fail("data.download", d.download, "give True (prepare a missing dataset on first use) or False.")
+  if not isinstance(d.download_url, str) or (d.download_url and not d.download_url.startswith(("http://", "https://"))):
+    _fail("data.download_url", d.download_url, "give an http:// or https:// URL of a directory that serves the "
+          "dataset's files, or '' for TFDS's own source.")
   _check_int("data.image_size", d.image_size, 1)
   if d.channels not in (1, 3):
     _fail("data.channels", d.channels, "images have 1 (grey) or 3 (RGB) channels.")

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from glide_jax import data_prepare
 from glide_jax.errors import UserError
 from glide_jax.model.tokenizer import Tokenizer
 
@@ -41,13 +42,36 @@ def resolve_data_dir(data_dir: str = "") -> str:
   return os.path.expanduser("~/tensorflow_datasets")
 
 
-def _missing_dataset_error(name: str, data_dir: str, detail: str = "") -> UserError:
+def _missing_dataset_error(name: str, data_dir: str) -> UserError:
   return UserError(
-      f"The TFDS dataset {name!r} was not found under {data_dir!r}{detail}. Point TFDS at a directory that "
-      f"holds it prepared (it contains {name}/<version>/): set TFDS_DATA_DIR=/path/to/tensorflow_datasets or "
-      f"pass --config.data.data_dir=/path/to/tensorflow_datasets (here: ../shared/tensorflow_datasets). "
-      f"Nothing is downloaded; on a machine with internet, `tfds build {name} "
-      f"--file_format=array_record --data_dir=DIR` prepares it.")
+      f"The TFDS dataset {name!r} was not found under {data_dir!r}, and config.data.download is off. Either "
+      f"let the run prepare it there (--config.data.download=True, the default; it needs network access once), "
+      f"or point TFDS at a directory that holds it prepared (it contains {name}/<version>/): set "
+      f"TFDS_DATA_DIR=/path/to/tensorflow_datasets or pass --config.data.data_dir=/path/to/tensorflow_datasets.")
+
+
+def _builder(name: str, data_dir: str):
+  """TFDS's builder of `name`, reading the prepared dataset's metadata where data_dir holds it."""
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f"TFDS has no dataset named {name!r}, and none is prepared under {data_dir!r}; check "
+                    f"config.data.name (e.g. 'mnist', 'fashion_mnist', 'cifar10') and config.data.data_dir.") from None
+  except Exception as e:  # A garbled dataset_info.json or features.json: protobuf's ParseError and others.
+    raise _damaged_dataset_error(name, data_dir, e) from None
+
+
+def prepared_builder(name: str, data_dir: str, download: bool = True, download_url: str = ""):
+  """The builder of `name` in data_dir (resolved), downloading and preparing the dataset first if it is
+  missing and `download` is on."""
+  builder = _builder(name, data_dir)
+  if builder.is_prepared():
+    return builder
+  if not download:
+    raise _missing_dataset_error(name, data_dir)
+  data_prepare.prepare(name, data_dir, download_url)
+  return _builder(name, data_dir)
 
 
 def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -85,48 +109,55 @@ def class_words(name: str, label_names: Sequence[str]) -> tuple[str, ...]:
 
 
 def class_names_of(data_config) -> tuple[str, ...]:
-  """The class words of config.data's dataset, from its metadata alone (no examples are read)."""
-  import tensorflow_datasets as tfds
-  data_dir = resolve_data_dir(data_config.data_dir)
-  if not os.path.isdir(os.path.join(data_dir, data_config.name)):
-    raise _missing_dataset_error(data_config.name, data_dir)
-  try:
-    builder = tfds.builder(data_config.name, data_dir=data_dir)
-  except Exception as e:  # A garbled dataset_info.json or features.json.
-    raise _damaged_dataset_error(data_config.name, data_dir, e) from None
-  return class_words(data_config.name, builder.info.features["label"].names)
+  """The class words of config.data's dataset, from its metadata alone (no examples are read).
+
+  The MNIST-format datasets name their classes in TFDS's code, so sampling needs no data on disk; other
+  datasets learn their names when they are prepared (CIFAR-10's come from its download), so they are
+  prepared first.
+  """
+  name, data_dir = data_config.name, resolve_data_dir(data_config.data_dir)
+  builder = _builder(name, data_dir)
+  if not builder.is_prepared() and name not in data_prepare.IDX_DATASETS:
+    builder = prepared_builder(name, data_dir, data_config.download, data_config.download_url)
+  return class_words(name, builder.info.features["label"].names)
 
 
 def _damaged_dataset_error(name: str, data_dir: str, error: Exception) -> UserError:
   reason = " ".join(str(error).split())[:300]
   return UserError(f"The prepared TFDS dataset {name!r} under {data_dir!r} cannot be read: its files are damaged "
-                   f"({type(error).__name__}: {reason}). Nothing was written. Prepare it again (move "
-                   f"{os.path.join(data_dir, name)} aside and rebuild it, see the README's 'Data offline'), or "
-                   f"point TFDS_DATA_DIR / config.data.data_dir at an intact copy.")
+                   f"({type(error).__name__}: {reason}). Nothing was written. Move {os.path.join(data_dir, name)} "
+                   f"aside and run again to prepare it anew (README, 'Data: prepared on first use'), or point "
+                   f"TFDS_DATA_DIR / config.data.data_dir at an intact copy.")
+
+
+def _read_all(source) -> list[dict]:
+  keys = list(range(len(source)))
+  try:
+    return source.__getitems__(keys)  # One batched read: faster than one call per example.
+  except TypeError:  # A source without batched reads, e.g. tfds.testing.mock_data's.
+    return [source[k] for k in keys]
 
 
 @functools.lru_cache(maxsize=8)
-def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32) -> ImageDataset:
-  """Reads a TFDS split into memory (cached per process), resized to image_size."""
+def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, download: bool = True,
+               download_url: str = "") -> ImageDataset:
+  """Reads a TFDS split into memory (cached per process), resized to image_size; prepares the dataset
+  first where it is missing and `download` is on."""
   import tensorflow_datasets as tfds
 
   data_dir = resolve_data_dir(data_dir)
-  if not os.path.isdir(os.path.join(data_dir, name)):
-    raise _missing_dataset_error(name, data_dir)
+  builder = prepared_builder(name, data_dir, download, download_url)
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except (AssertionError, FileNotFoundError, tfds.core.registered.DatasetNotFoundError) as e:
-    raise _missing_dataset_error(name, data_dir, f" ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
   except ValueError as e:
     raise UserError(f"Cannot read split {split!r} of {name!r}: {e}. Use a TFDS split such as 'train' or "
                     f"'train[:2048]' in config.data.train_split / test_split.") from None
-  except Exception as e:  # A garbled dataset_info.json or features.json: protobuf's ParseError and others.
+  except Exception as e:
     raise _damaged_dataset_error(name, data_dir, e) from None
   if len(source) == 0:
     raise UserError(f"Split {split!r} of {name!r} under {data_dir!r} is empty.")
   try:
-    examples = source.__getitems__(list(range(len(source))))
+    examples = _read_all(source)
     images = np.stack([ex["image"] for ex in examples])
     labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
   except Exception as e:  # Truncated or overwritten array_record files: RuntimeError from Riegeli, and others.
@@ -139,7 +170,8 @@ def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32) 
 
 def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset:
   """The train split (or `split`) that `config.data` names, checked against its channel count."""
-  ds = load_split(data_config.name, split or data_config.train_split, data_config.data_dir, data_config.image_size)
+  ds = load_split(data_config.name, split or data_config.train_split, data_config.data_dir, data_config.image_size,
+                  data_config.download, data_config.download_url)
   if ds.images.shape[-1] != data_config.channels:
     raise UserError(f"{data_config.name!r} images have {ds.images.shape[-1]} channel(s) but config.data.channels "
                     f"is {data_config.channels}; set --config.data.channels={ds.images.shape[-1]}.")
