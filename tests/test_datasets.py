@@ -1,0 +1,115 @@
+"""Other TFDS datasets end to end on tfds.testing.mock_data (no download): Fashion-MNIST (1 channel) and
+CIFAR-10 (3 channels, RGB outputs) train two steps, sample and evaluate with their configs' data settings."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from configs import cifar10, fashion_mnist_cpu, tiny
+from glide_jax import data as data_lib
+from glide_jax.evaluation.evaluate import evaluate
+from glide_jax.sampling.sweep import sample_and_save
+from glide_jax.train.loop import train
+
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+NUM_EXAMPLES = 64
+
+
+def write_tfds_metadata(data_dir: str, name: str, label_names=None) -> None:
+  """The metadata files of a prepared dataset (TFDS's advice for mock_data), written by TFDS itself.
+
+  CIFAR-10 learns its class names from its download, so they are given here as the real files record them.
+  """
+  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  if label_names:
+    builder.info.features["label"].names = list(label_names)
+  template = tfds.core.ShardedFileTemplate(data_dir=builder.data_path, template="{DATASET}-{SPLIT}.{FILEFORMAT}-"
+                                           "{SHARD_X_OF_Y}", dataset_name=name, filetype_suffix="array_record")
+  builder.info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=split, shard_lengths=[NUM_EXAMPLES], num_bytes=0,
+                          filename_template=template.replace(split=split)) for split in ("train", "test")]))
+  os.makedirs(builder.data_path, exist_ok=True)
+  builder.info.write_to_directory(builder.data_path)
+
+
+def small_config(dataset_config, tmp_path):
+  """tiny's model and schedule with the dataset config's data section, at 16x16."""
+  config = tiny.get_config()
+  config.data = dataset_config.get_config().data
+  config.model.text_ctx = dataset_config.get_config().model.text_ctx  # Whole class prompts.
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.image_size = 16
+  config.data.download = False  # Prepared (mocked): nothing may be downloaded.
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  config.sample.respacing = "3"
+  config.sample.guidance_scales = (0.0, 2.0)
+  config.eval.samples_per_digit = 2
+  config.eval.classifier_dir = str(tmp_path / "classifier")
+  config.eval.classifier_steps = 2
+  config.eval.classifier_batch_size = 16
+  config.eval.batch_size = 64
+  return config
+
+
+@pytest.fixture(scope="module", params=[("fashion_mnist", fashion_mnist_cpu, 1, None),
+                                        ("cifar10", cifar10, 3, CIFAR10_NAMES)], ids=["fashion_mnist", "cifar10"])
+def run(request, tmp_path_factory):
+  name, dataset_config, channels, label_names = request.param
+  tmp_path = tmp_path_factory.mktemp(name)
+  config = small_config(dataset_config, tmp_path)
+  write_tfds_metadata(config.data.data_dir, name, label_names)
+  workdir = str(tmp_path / "run")
+  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_FILES,
+                              data_dir=config.data.data_dir):
+    train(config, workdir)
+    paths = sample_and_save(config, workdir)
+    report = evaluate(config, workdir)
+  return name, channels, config, workdir, paths, report
+
+
+def test_the_dataset_configs_name_their_data():
+  assert fashion_mnist_cpu.get_config().data.name == "fashion_mnist"
+  assert fashion_mnist_cpu.get_config().data.channels == 1
+  assert cifar10.get_config().data.name == "cifar10" and cifar10.get_config().data.channels == 3
+  assert cifar10.get_config().data.image_size == 32
+
+
+def test_training_reads_the_channels_and_class_words(run):
+  name, channels, config, workdir, _, _ = run
+  ds = data_lib.load_dataset(config.data)
+  assert ds.images.shape == (NUM_EXAMPLES, 16, 16, channels) and ds.images.dtype == np.uint8
+  expected = CIFAR10_NAMES if name == "cifar10" else (
+      "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+  assert ds.class_names == expected
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows if "loss" in r][-1] == 2
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+
+
+def test_samples_keep_the_channels_and_rgb_data_is_written_as_rgb_png(run):
+  name, channels, _, _, paths, _ = run
+  with np.load(paths["npz"]) as npz:
+    assert npz["images"].shape == (10 * 2, 16, 16, channels)  # 10 class prompts x 2 scales x 1 repeat.
+    prompts = list(npz["prompts"][::2])
+  assert prompts[0] == ("airplane" if name == "cifar10" else "T-shirt/top")
+  grid = Image.open(paths["grid_2"])
+  assert grid.mode == ("RGB" if channels == 3 else "L")
+  figure = np.asarray(Image.open(paths["figure"]))
+  assert figure.ndim == 3 and figure.shape[-1] == 3
+  if channels == 3:  # Colour survives: some pixel of the grid has unequal channels.
+    assert np.any(np.ptp(np.asarray(grid).astype(int), axis=-1) > 0)
+
+
+def test_evaluation_reports_every_scale_with_the_dataset_class_names(run):
+  name, _, config, workdir, _, report = run
+  assert report["class_names"][0] == ("airplane" if name == "cifar10" else "T-shirt/top")
+  assert [r["guidance_scale"] for r in report["results"]] == [0.0, 2.0]
+  for r in report["results"]:
+    assert r["num_samples"] == 10 * 2 and 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["fid"])
+  assert os.path.isfile(os.path.join(workdir, "eval", "eval.png"))
