@@ -119,13 +119,12 @@ def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
 
 
 def compiled_for_all_processes(jitted: Any, *args: Any) -> Any:
-  """`jitted`, compiled for `args` and returned once every process has compiled it (one process: as is).
+  """`jitted` compiled ahead of time for `args`, returned once every process has compiled it.
 
   A CPU collective across processes (gloo) waits only 30 s for its peers, and one process can finish compiling
   a train step much later than another; running the first step only after this barrier keeps them together.
   """
-  if jax.process_count() == 1:
-    return jitted
   compiled = jitted.lower(*args).compile()
-  wait_for_all_processes("compiled")
+  if jax.process_count() > 1:
+    wait_for_all_processes("compiled")
   return compiled

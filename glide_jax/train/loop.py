@@ -138,22 +138,27 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)
   pending: list[dict[str, jax.Array]] = []
+  # Compiled before the first step (from the persistent cache when an earlier run compiled it), so the time
+  # is reported apart from the steps: in the first metrics row as compile_s.
+  compile_start = time.perf_counter()
+  step_fn = sharding_lib.compiled_for_all_processes(
+      step_fn, state, sharding_lib.put_batch(batches(start), exp.mesh), train_rng)
+  compile_s: float | None = time.perf_counter() - compile_start
   window_start = time.perf_counter()
 
   def write_metrics(step: int) -> None:
-    nonlocal pending, window_start
+    nonlocal pending, window_start, compile_s
     if not pending:
       return
     summary = _summarize(pending, time.perf_counter() - window_start)
+    if compile_s is not None:
+      summary["compile_s"], compile_s = compile_s, None
     writer.write_scalars(step, summary)
     if bar is not None:
       bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
                       steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
     pending, window_start = [], time.perf_counter()
 
-  if jax.process_count() > 1:
-    step_fn = sharding_lib.compiled_for_all_processes(
-        step_fn, state, sharding_lib.put_batch(batches(start), exp.mesh), train_rng)
   # A resumed run starts a fresh streak (checkpoints are only written after finite steps, but older ones
   # may carry one).
   state = state.replace(nonfinite_streak=jax.device_put(np.zeros((), np.int32), state.nonfinite_streak.sharding))
