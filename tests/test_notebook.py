@@ -40,7 +40,8 @@ def test_notebook_executes_with_the_tiny_config(tmp_path):
     executed = json.load(f)
   images = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]
-  assert len(images) == 2  # The guidance sweep and the evaluation plot, shown inline.
+  assert len(images) == 3  # The data preview, the guidance sweep and the evaluation plot, shown inline.
   text = "".join("".join(o.get("text", "")) for c in executed["cells"] if c["cell_type"] == "code"
                  for o in c.get("outputs", []))
   assert "trained to step 10" in text and "guidance" in text
+  assert "mnist train[:512]: 512 images of (16, 16, 1)" in text and "classes zero, one, two" in text
