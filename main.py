@@ -16,10 +16,15 @@ from glide_jax.runtime import use_all_cpu_cores  # (Imports no JAX: the CPU devi
 
 
 def _stopped_before_work(signum, frame):
-  """SIGTERM while starting up (imports, flags): nothing has been written yet, so stop with a message."""
+  """SIGTERM while starting up (imports, flags): nothing has been written yet, so stop with a message.
+
+  os._exit, not SystemExit: the signal can arrive while Python runs a garbage-collection callback or a
+  __del__, where a raised exception is printed as "Exception ignored" and the run goes on.
+  """
   print(f"Stopped by {signal.Signals(signum).name} before the first step; nothing new to save. Rerun the same "
         f"command to start or resume.", flush=True)
-  raise SystemExit(0)
+  sys.stderr.flush()
+  os._exit(0)
 
 
 def _quiet_library_noise() -> None:
