@@ -57,6 +57,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.xf_width = 128
   c.model.xf_layers = 6
   c.model.xf_heads = 2
+  # An inpainting model (glide-text2im's InpaintText2ImUNet): the UNet also takes the known image times the
+  # mask and the mask, 2·C + 1 input channels. Trained with random masks; see train.init_from.
+  c.model.inpaint = False
   # How the model computes (parameters are always float32; none of these changes a checkpoint). "auto":
   # bfloat16 on GPU and TPU, float32 on CPU; cuDNN's fused attention on NVIDIA GPUs where it applies;
   # GroupNorm statistics as dot products on CPU, fused reductions elsewhere.
@@ -82,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  # A base run's workdir: a fresh run starts from its EMA parameters (every tensor that matches; an inpainting
+  # model's extra input channels start at zero, so it first computes what the base model does). "" = none.
+  c.train.init_from = ""
   c.train.max_nonfinite_steps = 20  # Stop after this many consecutive non-finite steps (each is skipped).
   c.train.sample_every = 0         # Steps between sample grids in the workdir and TensorBoard; 0 = never.
   c.train.sample_guidance = 4.0    # Guidance scale of those grids (one sample per class).
@@ -232,6 +238,8 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _fail("model.xf_width/xf_heads", (m.xf_width, m.xf_heads), "the width must be a positive multiple of heads.")
   if not m.learn_sigma:
     _fail("model.learn_sigma", m.learn_sigma, "the hybrid loss and samplers need the learned-range variance.")
+  if not isinstance(m.inpaint, bool):
+    _fail("model.inpaint", m.inpaint, "give True (an inpainting model) or False.")
   if m.attention_impl == "cudnn":
     dtype = model_config.resolve_kernels(m)["dtype"]
     heads = (m.num_head_channels, m.xf_width // m.xf_heads)
@@ -283,6 +291,8 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
   if not (_is_number(t.sample_guidance) and t.sample_guidance >= 0):
     _fail("train.sample_guidance", t.sample_guidance, "it must be a finite number >= 0.")
   _check_respacing("train.sample_respacing", t.sample_respacing, num_timesteps)
+  if not isinstance(t.init_from, str):
+    _fail("train.init_from", t.init_from, "give the workdir of a base run, or '' to start from random weights.")
 
 
 def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:

@@ -25,7 +25,14 @@ from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
 from glide_jax.sampling.guided import GuidedSampler
 from glide_jax.train import checkpoint as ckpt_lib
-from glide_jax.train.step import TrainState, make_optimizer, make_sharded_init, make_sharded_train_step
+from glide_jax.train.init_from import new_input_channels, transfer_params
+from glide_jax.train.step import (
+  TrainState,
+  init_state_from_params,
+  make_optimizer,
+  make_sharded_init,
+  make_sharded_train_step,
+)
 
 
 class Experiment:
@@ -75,11 +82,46 @@ class Experiment:
                                  keep=self.config.train.keep_checkpoints, read_only=read_only)
 
   def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
-    """The latest readable checkpoint (older ones if the latest is damaged), or a fresh state if none."""
+    """The latest readable checkpoint (older ones if the latest is damaged), or a fresh state if none:
+    random, or the parameters of the run config.train.init_from names."""
     if checkpointer.latest_step() is None:
-      return self.init_fn()
+      return self.init_from(self.config.train.init_from) if self.config.train.init_from else self.init_fn()
     check = lambda saved: ckpt_lib.check_same_model(saved, self.config, checkpointer.directory)  # noqa: E731
     state, _ = checkpointer.restore_latest_readable(self.abstract_state, check)
+    return state
+
+  def init_from(self, base_workdir: str) -> TrainState:
+    """A fresh state (step 0, new optimizer) whose parameters and EMA are the EMA parameters of the latest
+    checkpoint in `base_workdir`: a run of the same model, except that this one may be an inpainting model
+    (its extra input channels start at zero)."""
+    base_config = self.config.copy_and_resolve_references()
+    base_config.model.inpaint = False
+    base_config.train.init_from = ""
+    base = Experiment(base_config, base_workdir, mesh=self.mesh)
+    if not os.path.isdir(os.path.join(base.workdir, "checkpoints")):
+      raise UserError(f"config.train.init_from = {base_workdir!r} holds no training run (no checkpoints/ in "
+                      f"{base.workdir}); give the workdir of a finished base run.")
+
+    def check(saved: dict) -> None:
+      diffs = ckpt_lib.model_config_differences(saved, base_config)
+      if diffs:
+        raise UserError(f"config.train.init_from: the run in {base.workdir} has another model than this one "
+                        f"(apart from model.inpaint): {'; '.join(diffs)}. Use the base run's model settings.")
+
+    checkpointer = base.checkpointer(read_only=True)
+    try:
+      if checkpointer.latest_step() is None:
+        raise UserError(f"config.train.init_from = {base_workdir!r} has no checkpoint yet; train the base run first.")
+      base_state, _ = checkpointer.restore_latest_readable(base.abstract_state, check)
+    finally:
+      checkpointer.close()
+    build = jax.jit(lambda p: init_state_from_params(self.optimizer, transfer_params(p, self.abstract_state.params)),
+                    out_shardings=self.state_shardings)
+    state = build(base_state.ema_params)
+    if jax.process_index() == 0:
+      added = new_input_channels(base_state.ema_params, self.abstract_state.params)
+      print(f"Starting from the EMA parameters of {base.workdir} (step {int(jax.device_get(base_state.step))})"
+            + (f"; the {added} new input channels start at zero." if added else "."), flush=True)
     return state
 
   def load_params(self, use_ema: bool = True) -> tuple[Any, int]:

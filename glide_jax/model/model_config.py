@@ -84,6 +84,7 @@ class ModelConfig:
   xf_width: int
   xf_layers: int
   xf_heads: int
+  inpaint: bool = False  # Also takes the known image (times the mask) and the mask: glide-text2im's inpainter.
   dtype: str = "float32"
   attention_impl: str = "xla"
   norm_impl: str = "dot"
@@ -102,11 +103,16 @@ class ModelConfig:
         learn_sigma=bool(m.learn_sigma), resblock_updown=bool(m.resblock_updown),
         conv_resample=bool(m.conv_resample), vocab_size=int(vocab_size), text_ctx=int(m.text_ctx),
         xf_width=int(m.xf_width), xf_layers=int(m.xf_layers), xf_heads=int(m.xf_heads),
-        **resolve_kernels(m, on))
+        inpaint=bool(m.inpaint), **resolve_kernels(m, on))
 
   @property
   def compute_dtype(self) -> Any:
     return DTYPES[self.dtype]
+
+  @property
+  def unet_in_channels(self) -> int:
+    """x_t, plus for an inpainting model the known image times the mask and the mask: 2·C + 1."""
+    return 2 * self.in_channels + 1 if self.inpaint else self.in_channels
 
   @property
   def out_channels(self) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -31,14 +31,33 @@ class Text2ImUNet(nn.Module):
     return self.text_encoder(tokens, mask)
 
   def denoise(self, x: jax.Array, timesteps: jax.Array, xf_out: jax.Array, xf_proj: jax.Array,
-              train: bool = False) -> jax.Array:
-    """Model output [B, H, W, out_channels] (ε, v) given precomputed text features."""
-    return self.unet(x, timesteps, xf_out, xf_proj, train=train)
+              train: bool = False, inpaint_image: Optional[jax.Array] = None,
+              inpaint_mask: Optional[jax.Array] = None) -> jax.Array:
+    """Model output [B, H, W, out_channels] (ε, v) given precomputed text features (and, for an inpainting
+    model, the known image [B, H, W, C] and mask [B, H, W, 1], 1 = known)."""
+    return self.unet(self.unet_input(x, inpaint_image, inpaint_mask), timesteps, xf_out, xf_proj, train=train)
+
+  def unet_input(self, x: jax.Array, inpaint_image: Optional[jax.Array],
+                 inpaint_mask: Optional[jax.Array]) -> jax.Array:
+    """x_t, or for an inpainting model [x_t, image · mask, mask] along channels (glide-text2im's
+    InpaintText2ImUNet; no image or mask: zeros, i.e. nothing known)."""
+    if not self.config.inpaint:
+      if inpaint_image is not None or inpaint_mask is not None:
+        raise ValueError("A known image and mask go to an inpainting model (config.model.inpaint=True).")
+      return x
+    if inpaint_image is None:
+      inpaint_image = jnp.zeros_like(x)
+    if inpaint_mask is None:
+      inpaint_mask = jnp.zeros((*x.shape[:-1], 1), x.dtype)
+    inpaint_mask = inpaint_mask.astype(x.dtype)
+    return jnp.concatenate([x, inpaint_image.astype(x.dtype) * inpaint_mask, inpaint_mask], axis=-1)
 
   def __call__(self, x: jax.Array, timesteps: jax.Array, tokens: jax.Array, mask: jax.Array,
-               train: bool = False) -> jax.Array:
+               train: bool = False, inpaint_image: Optional[jax.Array] = None,
+               inpaint_mask: Optional[jax.Array] = None) -> jax.Array:
     xf_out, xf_proj = self.encode_text(tokens, mask)
-    return self.denoise(x, timesteps, xf_out, xf_proj, train=train)
+    return self.denoise(x, timesteps, xf_out, xf_proj, train=train, inpaint_image=inpaint_image,
+                        inpaint_mask=inpaint_mask)
 
 
 def init_params(model: Text2ImUNet, rng: jax.Array) -> Any:

@@ -152,6 +152,8 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
 # compute fields (dtype, kernels) do not, so a run trained in bfloat16 on a GPU samples in float32 on a CPU.
 MODEL_FIELDS = ("model", "diffusion", "data.image_size", "data.channels")
 COMPUTE_ONLY_FIELDS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
+# Model fields added after checkpoints were first written, with the value an older checkpoint meant.
+ADDED_FIELD_DEFAULTS = {"model.inpaint": False}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -167,7 +169,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def model_config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
   """'field: saved → current' for every model-defining field that differs."""
-  saved_flat, current_flat = _flatten(saved), _flatten(config_to_json(current))
+  saved_flat, current_flat = {**ADDED_FIELD_DEFAULTS, **_flatten(saved)}, _flatten(config_to_json(current))
   keys = sorted(k for k in set(saved_flat) | set(current_flat)
                 if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS) and k not in COMPUTE_ONLY_FIELDS)
   missing = object()

@@ -15,7 +15,10 @@ from jax.sharding import Mesh
 from glide_jax import sharding as sharding_lib
 from glide_jax.config import num_microbatches
 from glide_jax.diffusion import GaussianDiffusion, hybrid_loss
+from glide_jax.editing.masks import random_known_masks
 from glide_jax.model import Text2ImUNet, init_params
+
+INPAINT_MASK_STREAM = 0x3A5C  # fold_in tag of the training masks' randomness within a step.
 
 
 @flax.struct.dataclass
@@ -43,10 +46,14 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
       optax.adam(learning_rate_schedule(config), b1=t.adam_b1, b2=t.adam_b2))
 
 
-def init_train_state(model: Text2ImUNet, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  params = init_params(model, rng)
+def init_state_from_params(optimizer: optax.GradientTransformation, params: Any) -> TrainState:
+  """Step 0 with `params` (also as the EMA) and a fresh optimizer state."""
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                     opt_state=optimizer.init(params), nonfinite_streak=jnp.zeros((), jnp.int32))
+
+
+def init_train_state(model: Text2ImUNet, optimizer: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+  return init_state_from_params(optimizer, init_params(model, rng))
 
 
 def drop_conditioning(rng: jax.Array, tokens: jax.Array, mask: jax.Array, p_uncond: float,
@@ -66,7 +73,8 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 
 def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch: dict[str, jax.Array],
             rng: jax.Array, p_uncond: float, pad_id: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), prompts dropped with probability p_uncond."""
+  """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), prompts dropped with probability p_uncond; an
+  inpainting model also sees each example's known part under a random mask (GLIDE's fine-tuning)."""
   x_start = batch["images"]
   t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
   t = jax.random.randint(t_rng, (x_start.shape[0],), 0, diffusion.num_timesteps)
@@ -74,7 +82,12 @@ def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch
   x_t = diffusion.q_sample(x_start, t, noise)
   tokens, mask = drop_conditioning(drop_rng, batch["tokens"], batch["mask"], p_uncond, pad_id)
   model_t = jnp.asarray(diffusion.timestep_map)[t]
-  output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng})
+  inpaint = {}
+  if model.config.inpaint:  # Its own stream, so the base model's draws stay as they are.
+    known = random_known_masks(jax.random.fold_in(rng, INPAINT_MASK_STREAM), x_start.shape[0], x_start.shape[1])
+    inpaint = {"inpaint_image": x_start, "inpaint_mask": known}
+  output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng},
+                       **inpaint)
   terms = hybrid_loss(diffusion, output, x_start, x_t, t, noise)
   metrics = {k: jnp.mean(v) for k, v in terms.items()}
   return metrics["loss"], metrics

@@ -1,0 +1,22 @@
+"""mnist_cpu as an inpainting model (glide-text2im's InpaintText2ImUNet), fine-tuned from a mnist_cpu run:
+
+  python main.py --config=configs/mnist_cpu_inpaint.py --workdir=runs/inpaint \\
+      --config.train.init_from=runs/mnist_cpu
+
+Without init_from it trains from scratch. Each training example hides a random rectangle or half of the
+image; the model sees the rest (and the mask) and learns to fill it in to match the prompt.
+"""
+
+from configs import mnist_cpu
+
+
+def get_config():
+  config = mnist_cpu.get_config()
+  config.model.inpaint = True
+  # Fine-tuning: a lower rate than mnist_cpu's 1e-3 keeps what the base model learned; the new input
+  # channels start at zero and learn from there.
+  config.train.learning_rate = 3e-4
+  config.train.warmup_steps = 50
+  config.train.num_steps = 1500
+  config.train.sample_every = 0
+  return config
