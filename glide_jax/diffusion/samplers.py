@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,23 +14,25 @@ from glide_jax.diffusion.gaussian import GaussianDiffusion, extract
 SAMPLERS = ("ddpm", "ddim")
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t [B,H,W,C], index [B]) → output [B,H,W,2C]
+DenoisedFn = Callable[[jax.Array], jax.Array]  # x̂_0 → x̂_0, applied before clipping.
+AfterStepFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_{t−1}, index t [B]) → x_{t−1}
 
 
 def p_sample_step(diffusion: GaussianDiffusion, output: jax.Array, x: jax.Array, t: jax.Array,
-                  noise: jax.Array) -> jax.Array:
+                  noise: jax.Array, denoised_fn: Optional[DenoisedFn] = None) -> jax.Array:
   """x_{t−1} = μ_θ(x_t, t) + [t ≠ 0] σ_θ z: ancestral sampling from p_θ (DDPM Alg. 2, x̂_0 clipped)."""
-  out = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
+  out = diffusion.p_mean_variance(output, x, t, clip_denoised=True, denoised_fn=denoised_fn)
   nonzero = (t != 0).astype(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
   return out["mean"] + nonzero * jnp.exp(0.5 * out["log_variance"]) * noise
 
 
 def ddim_step(diffusion: GaussianDiffusion, output: jax.Array, x: jax.Array, t: jax.Array, noise: jax.Array,
-              eta: float = 0.0) -> jax.Array:
+              eta: float = 0.0, denoised_fn: Optional[DenoisedFn] = None) -> jax.Array:
   """DDIM (Song et al. 2021, eq. 12): x_{t−1} = √ᾱ_{t−1} x̂_0 + √(1 − ᾱ_{t−1} − σ²) ε′ + [t ≠ 0] σ z.
 
   ε′ is recomputed from the clipped x̂_0; σ = η √((1 − ᾱ_{t−1})/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_{t−1}).
   """
-  out = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
+  out = diffusion.p_mean_variance(output, x, t, clip_denoised=True, denoised_fn=denoised_fn)
   eps = diffusion.predict_eps_from_xstart(x, t, out["pred_xstart"])
   abar = extract(diffusion.alphas_cumprod, t, x.ndim)
   abar_prev = extract(diffusion.alphas_cumprod_prev, t, x.ndim)
@@ -41,14 +43,20 @@ def ddim_step(diffusion: GaussianDiffusion, output: jax.Array, x: jax.Array, t: 
 
 
 def sample_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x_T: jax.Array, rng: jax.Array,
-                sampler: str = "ddpm", eta: float = 0.0) -> jax.Array:
-  """Runs t = K−1 … 0 as one lax.scan; step i's noise is normal(fold_in(rng, i))."""
+                sampler: str = "ddpm", eta: float = 0.0, denoised_fn: Optional[DenoisedFn] = None,
+                after_step: Optional[AfterStepFn] = None) -> jax.Array:
+  """Runs t = K−1 … 0 as one lax.scan; step i's noise is normal(fold_in(rng, i)).
+
+  `denoised_fn` maps every step's x̂_0 (an inpainting model's known pixels are put back there);
+  `after_step` edits every step's x_{t−1} (the replacement method of editing with an ordinary model).
+  """
   step = functools.partial(ddim_step, eta=eta) if sampler == "ddim" else p_sample_step
 
   def body(x, i):
     t = jnp.full((x.shape[0],), i, jnp.int32)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-    return step(diffusion, model_fn(x, t), x, t, noise), None
+    x = step(diffusion, model_fn(x, t), x, t, noise, denoised_fn=denoised_fn)
+    return (x if after_step is None else after_step(x, t)), None
 
   x, _ = jax.lax.scan(body, x_T, jnp.arange(diffusion.num_timesteps - 1, -1, -1))
   return x

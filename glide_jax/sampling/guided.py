@@ -19,19 +19,26 @@ from jax.sharding import Mesh
 from glide_jax import sharding as sharding_lib
 from glide_jax.diffusion import SAMPLERS, GaussianDiffusion, respace, sample_loop, space_timesteps
 from glide_jax.diffusion.samplers import ModelFn
+from glide_jax.editing import known_region
 from glide_jax.model import Text2ImUNet
 
 
 def guided_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusion, xf_out: jax.Array,
-                    xf_proj: jax.Array, scales: jax.Array) -> ModelFn:
-  """The classifier-free-guided network: rows of xf_* interleave (conditional, unconditional) per sample."""
+                    xf_proj: jax.Array, scales: jax.Array, inpaint_image: Optional[jax.Array] = None,
+                    inpaint_mask: Optional[jax.Array] = None) -> ModelFn:
+  """The classifier-free-guided network: rows of xf_* interleave (conditional, unconditional) per sample.
+  An inpainting model sees the known image and mask in both halves."""
   timestep_map = jnp.asarray(diffusion.timestep_map)
+  inpaint = {}
+  if inpaint_image is not None:
+    inpaint = {"inpaint_image": jnp.repeat(inpaint_image, 2, axis=0),
+               "inpaint_mask": jnp.repeat(inpaint_mask, 2, axis=0)}
 
   def fn(x: jax.Array, t: jax.Array) -> jax.Array:
     b, c = x.shape[0], x.shape[-1]
     x2 = jnp.repeat(x, 2, axis=0)  # Both halves see the same x_t.
     out = model.apply({"params": params}, x2, jnp.repeat(timestep_map[t], 2), xf_out, xf_proj,
-                      method=Text2ImUNet.denoise)
+                      method=Text2ImUNet.denoise, **inpaint)
     out = out.reshape(b, 2, *out.shape[1:])
     cond, uncond = out[:, 0], out[:, 1]
     s = scales.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
@@ -66,30 +73,44 @@ class GuidedSampler:
       self._sample = jax.jit(self._sample_impl)
     else:
       batch, rep = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
-      self._sample = jax.jit(self._sample_impl, in_shardings=(None, batch, batch, batch, rep),
+      self._sample = jax.jit(self._sample_impl, in_shardings=(None, batch, batch, batch, rep, batch, batch),
                              out_shardings=batch)
 
   @property
   def num_steps(self) -> int:
     return self.diffusion.num_timesteps
 
-  def _sample_impl(self, params, tokens, mask, scales, rng):
+  def _sample_impl(self, params, tokens, mask, scales, rng, image=None, known=None):
     b = tokens.shape[0]
     empty_tokens = jnp.full_like(tokens, self.pad_id)
     both_tokens = jnp.stack([tokens, empty_tokens], axis=1).reshape(2 * b, -1)
     both_mask = jnp.stack([mask, jnp.zeros_like(mask)], axis=1).reshape(2 * b, -1)
     xf_out, xf_proj = self.model.apply({"params": params}, both_tokens, both_mask,
                                        method=Text2ImUNet.encode_text)
-    model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales)
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (b, c.image_size, c.image_size, c.in_channels)
     x_T = jax.random.normal(init_rng, shape, jnp.float32)
-    return sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta)
+    if known is None:
+      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales)
+      return sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta)
+    if c.inpaint:  # The model sees the known part; x̂_0 keeps it at every step.
+      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, image, known)
+      x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta,
+                      denoised_fn=known_region.keep_known_xstart(image, known))
+    else:  # An ordinary model: the replacement method.
+      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales)
+      x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta,
+                      after_step=known_region.replace_known(self.diffusion, image, known, loop_rng))
+    return known_region.paste_known(x, image, known)
 
   def __call__(self, params: Any, tokens: np.ndarray, mask: np.ndarray, scales: np.ndarray,
-               rng: jax.Array) -> jax.Array:
-    """Images [B, H, W, C] in [−1, 1] for prompts (tokens, mask) [B, L] at per-sample guidance scales [B]."""
+               rng: jax.Array, image: Optional[np.ndarray] = None, known: Optional[np.ndarray] = None) -> jax.Array:
+    """Images [B, H, W, C] in [−1, 1] for prompts (tokens, mask) [B, L] at per-sample guidance scales [B].
+
+    Editing: `image` [B, H, W, C] in [−1, 1] and `known` [B, H, W, 1] (1 = keep) regenerate only where
+    known is 0, with an inpainting model as glide-text2im does, else by the replacement method.
+    """
     scales = np.asarray(scales, np.float32)
     if scales.shape != (tokens.shape[0],):
       raise ValueError("scales needs one guidance scale per sample.")
@@ -97,9 +118,12 @@ class GuidedSampler:
       raise ValueError(f"Guidance scales must be finite and >= 0, got {scales.tolist()}.")
     if self.mesh is not None:
       sharding_lib.check_batch_divisible(tokens.shape[0], self.mesh, "the sampling batch")
-    args = (params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(scales), rng)
+    if (image is None) != (known is None):
+      raise ValueError("Editing needs both the image and the known-pixel mask.")
+    edit = (None, None) if image is None else (jnp.asarray(image, jnp.float32), jnp.asarray(known, jnp.float32))
+    args = (params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(scales), rng, *edit)
     if jax.process_count() > 1:  # Compiled on every process before any runs (see compiled_for_all_processes).
-      key = tuple((x.shape, x.dtype) for x in args[1:4])
+      key = tuple(None if x is None else (x.shape, x.dtype) for x in args[1:4] + args[5:])
       if key not in self._compiled:
         self._compiled[key] = sharding_lib.compiled_for_all_processes(self._sample, *args)
       return self._compiled[key](*args)

@@ -136,3 +136,12 @@ def test_compute_fields_are_not_model_differences():
   assert model_config_differences(saved, current) == []
   current.model.xf_layers = 2
   assert model_config_differences(saved, current) == ["model.xf_layers: 1 in the checkpoint, 2 now"]
+
+
+def test_a_checkpoint_from_before_model_inpaint_existed_is_an_ordinary_model():
+  saved = config_to_json(tiny_config(num_steps=2))
+  del saved["model"]["inpaint"]
+  current = tiny_config(num_steps=2)
+  assert model_config_differences(saved, current) == []
+  current.model.inpaint = True
+  assert model_config_differences(saved, current) == ["model.inpaint: False in the checkpoint, True now"]
