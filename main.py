@@ -77,14 +77,17 @@ from ml_collections import config_flags  # noqa: E402
 MODES = {
     "train": "glide_jax.train.loop:train",
     "sample": "glide_jax.sampling.sweep:sample_and_save",
+    "edit": "glide_jax.editing.edit:edit_and_save",
     "eval": "glide_jax.evaluation.evaluate:evaluate",
+    "eval_edit": "glide_jax.evaluation.evaluate_edit:evaluate_edits",
     "train_classifier": "glide_jax.evaluation.classifier_cache:train_classifier_mode",
 }
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 MODE = flags.DEFINE_enum("mode", "train", list(MODES),
-                         "What to do: train, sample (guidance sweep), eval (sample quality per guidance scale), "
-                         "train_classifier (train and cache the classifier eval uses).")
+                         "What to do: train, sample (guidance sweep), edit (regenerate part of images to match "
+                         "prompts), eval (sample quality per guidance scale; for an inpainting run, edit quality), "
+                         "eval_edit (edit quality), train_classifier (train and cache the classifier eval uses).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=value.",
                                 lock_config=True)
 

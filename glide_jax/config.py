@@ -104,6 +104,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.use_ema = True
   c.sample.batch_size = 64
 
+  c.edit = ml_collections.ConfigDict()    # --mode=edit; the sampler settings are config.sample's.
+  c.edit.images = "test:0,1,2,3"   # "test:I,J,..." (examples of data.test_split) or PNG paths, comma-separated.
+  # The part to generate: "top", "bottom", "left", "right", "box:x0,y0,x1,y1" (pixels of data.image_size,
+  # x1 and y1 exclusive), or a mask PNG (white = generate, black = keep).
+  c.edit.mask = "bottom"
+  c.edit.prompts = ""              # Comma-separated; "" = one per class ("zero", ..., "nine").
+  c.edit.guidance_scales = (1.0, 3.0)
+  c.edit.eval_images = 500         # --mode=eval_edit: how many test images (the first ones) it edits.
+  c.edit.base_workdir = ""         # Its replacement-method comparison run; "" = train.init_from.
+
   c.eval = ml_collections.ConfigDict()    # --mode=eval and --mode=train_classifier.
   c.eval.samples_per_digit = 100   # Samples per class prompt and guidance scale (config.sample.guidance_scales).
   c.eval.batch_size = 500          # Images per classifier forward pass.
@@ -163,6 +173,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   _validate_diffusion(c.diffusion)
   _validate_train(c.train, c.diffusion.num_timesteps)
   _validate_sample(c.sample, c.diffusion.num_timesteps)
+  _validate_edit(c.edit)
   _validate_eval(c.eval)
   _validate_mesh(c.mesh)
 
@@ -293,6 +304,23 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
   _check_respacing("train.sample_respacing", t.sample_respacing, num_timesteps)
   if not isinstance(t.init_from, str):
     _fail("train.init_from", t.init_from, "give the workdir of a base run, or '' to start from random weights.")
+
+
+def _validate_edit(e: ml_collections.ConfigDict) -> None:
+  for name, example in (("images", "'test:0,1,2' or 'digit.png'"), ("mask", "'bottom' or 'box:0,16,32,32'")):
+    if not (isinstance(e[name], str) and e[name].strip()):
+      _fail(f"edit.{name}", e[name], f"give {example}.")
+  if not isinstance(e.prompts, str):
+    _fail("edit.prompts", e.prompts, "give comma-separated prompts, or '' for one per class.")
+  try:
+    scales = guidance_scales(e)
+  except (TypeError, ValueError):
+    _fail("edit.guidance_scales", e.guidance_scales, "give numbers, e.g. --config.edit.guidance_scales='(1., 3.)'.")
+  if not scales or any(not math.isfinite(x) or x < 0 for x in scales):
+    _fail("edit.guidance_scales", e.guidance_scales, "give at least one finite number >= 0.")
+  _check_int("edit.eval_images", e.eval_images, 1)
+  if not isinstance(e.base_workdir, str):
+    _fail("edit.base_workdir", e.base_workdir, "give a base run's workdir, or '' for train.init_from.")
 
 
 def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:

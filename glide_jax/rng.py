@@ -16,6 +16,7 @@ STREAM_TAGS = {
     "sample": 2,      # --mode=sample and the sample grids written during training (folded with the batch).
     "eval": 3,        # --mode=eval's samples (folded with the batch; the same key at every guidance scale).
     "classifier": 4,  # The evaluation classifier's initial parameters and augmentation.
+    "edit": 5,        # --mode=edit's samples (folded with the batch).
 }
 
 

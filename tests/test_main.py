@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from glide_jax.train.loop import train
 from helpers.paths import REPO
@@ -86,6 +87,16 @@ USER_ERRORS = [
      r"The prepared TFDS dataset 'mnist' under .* cannot be read: its files are damaged \(RuntimeError: Corrupted"),
     ("garbled_dataset_info", "sample", "trained", ["--config.data.data_dir={garbled_tfds}"],
      r"The prepared TFDS dataset 'mnist' under .* cannot be read: its files are damaged \(ParseError"),
+    ("edit_mask_png_of_another_size", "edit", "trained", ["--config.edit.mask={mask_10px}"],
+     r"The mask .*mask_10px\.png' is 10x10, but it must be 16x16 \(the model's image size"),
+    ("edit_unreadable_png", "edit", "trained", ["--config.edit.images={not_a_png}"],
+     r"The image .*not_a_png\.png' cannot be read as an image"),
+    ("edit_box_outside_the_image", "edit", "trained", ["--config.edit.mask=box:0,0,20,8"],
+     r"Mask 'box:0,0,20,8': the box must lie inside the 16x16 image"),
+    ("edit_image_with_other_channels", "edit", "trained", ["--config.edit.images={rgb_png}"],
+     r"The image .*rgb\.png' has 3 channel\(s\) \(RGB\) but the model takes 1 \(L\)"),
+    ("edit_test_index_outside_the_split", "edit", "trained", ["--config.edit.images=test:3,999"],
+     r"'test\[:256\]' has 256 examples \(0 to 255\); \[999\] are outside it"),
     ("config_without_get_config", "train", "absent", ["--config={no_get_config}"],
      r"the --config file .*no_get_config\.py defines no get_config\(\); it must define one"),
     ("config_get_config_raises", "train", "absent", ["--config={get_config_raises}"],
@@ -143,6 +154,11 @@ def main_results(tmp_path_factory, trained_workdir):
     else:
       with open(os.path.join(version_dir, "dataset_info.json"), "w") as f:
         f.write("{garbage")
+  images = {name: os.path.join(base, f"{name}.png") for name in ("mask_10px", "not_a_png", "rgb")}
+  Image.fromarray(np.zeros((10, 10), np.uint8)).save(images["mask_10px"])
+  with open(images["not_a_png"], "w") as f:
+    f.write("not an image\n")
+  Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images["rgb"])
   latin1_file = os.path.join(base, "prompts_latin1.txt")
   with open(latin1_file, "wb") as f:
     f.write("sept en fran\u00e7ais, \u00e9crit \u00e0 la main\n".encode("latin-1"))
@@ -154,7 +170,8 @@ def main_results(tmp_path_factory, trained_workdir):
     before = snapshot(workdir)
     files = dict(latin1_file=latin1_file, a_file=a_file, no_get_config=no_get_config,
                  get_config_raises=get_config_raises, truncated_tfds=damaged["truncated"],
-                 garbled_tfds=damaged["garbled"])
+                 garbled_tfds=damaged["garbled"], mask_10px=images["mask_10px"], not_a_png=images["not_a_png"],
+                 rgb_png=images["rgb"])
     args = [o.format(**files) for o in overrides]
     config_file = [a for a in args if a.startswith("--config=")]  # In place of tiny's, not after it.
     cmd = [config_file[0] if c.startswith("--config=") and config_file else c

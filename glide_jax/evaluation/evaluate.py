@@ -24,6 +24,7 @@ import numpy as np
 from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
+from glide_jax.evaluation.evaluate_edit import evaluate_edits
 from glide_jax.evaluation.metrics import Scorer, balanced_subset
 from glide_jax.evaluation.report import format_table, json_safe, plot
 from glide_jax.experiment import Experiment
@@ -34,7 +35,10 @@ FLOOR_MAX_IMAGES = 10_000
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples and scores every guidance scale from workdir's latest checkpoint; returns the report
-  written to workdir/eval/eval.json (and plotted in eval.png)."""
+  written to workdir/eval/eval.json (and plotted in eval.png). An inpainting run's edits are evaluated
+  instead (evaluate_edit)."""
+  if config.model.inpaint:
+    return evaluate_edits(config, workdir)
   exp = Experiment(config, workdir)
   workdir = exp.open_workdir(create=False)
   s, e = config.sample, config.eval

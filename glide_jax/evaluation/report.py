@@ -69,3 +69,45 @@ def plot(report: dict, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def format_edit_table(report: dict) -> str:
+  """The edit evaluation's rows (method, scale) as a fixed-width table, with the originals' scores."""
+  lines = [f"{'method':>20}  {'guidance':>8}  {'edit acc.':>9}  {'kept class':>10}  {'known err.':>10}  {'FID':>8}"]
+  for r in report["results"]:
+    fid = "-" if r["fid"] is None else f"{r['fid']:8.3f}"
+    lines.append(f"{r['method']:>20}  {r['guidance_scale']:>8g}  {r['edit_accuracy']:>9.3f}  {r['kept_class']:>10.3f}"
+                 f"  {r['known_region_error']:>10d}  {fid:>8}")
+  o = report["originals"]
+  lines.append(f"{'originals':>20}  {'':>8}  {'':>9}  {o['accuracy']:>10.3f}  {0:>10d}  {o['fid']:>8.3f}")
+  return "\n".join(lines)
+
+
+def plot_edits(report: dict, path: str) -> None:
+  """Edit accuracy and FID against the guidance scale, one line per method."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  nan = lambda x: math.nan if x is None else x
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  methods = list(dict.fromkeys(r["method"] for r in report["results"]))
+  for ax, (key, title) in zip(axes, (("edit_accuracy", "edit accuracy (prompted class read)"),
+                                     ("fid", "classifier FID of the edits (lower is better)"))):
+    for method in methods:
+      rows = [r for r in report["results"] if r["method"] == method]
+      ax.plot([r["guidance_scale"] for r in rows], [nan(r[key]) for r in rows], "o-", label=method)
+    if key == "fid":
+      ax.axhline(nan(report["originals"]["fid"]), color="gray", linestyle="--", label="unedited originals")
+    else:
+      ax.set_ylim(0, 1.02)
+    ax.set_xlabel("guidance scale")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  c = report["config"]
+  fig.suptitle(f"{c['num_images']} test images, mask {c['mask']!r} regenerated as the next class; "
+               f"{c['sampler']} (respacing {c['respacing'] or 'none'!r})", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -28,7 +28,7 @@ def save_png(path: str, image: np.ndarray) -> None:
   Image.fromarray(image).save(path)
 
 
-def _font(size: int):
+def label_font(size: int):
   try:
     return ImageFont.load_default(size=size)
   except TypeError:  # Pillow < 10.1 has only the fixed bitmap font.
@@ -45,7 +45,7 @@ def sweep_figure(images: np.ndarray, prompts: Sequence[str], scales: Sequence[fl
   if c == 1:
     cells = np.repeat(cells, 3, axis=-1)
   cell_w, cell_h, gap = k * w * zoom + (k - 1) * 2, h * zoom, 8
-  font = _font(14)
+  font = label_font(14)
   label_w = 12 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(str(t)[:24], font=font))
                      for t in list(prompts) + ["prompt"])
   header_h = 40
