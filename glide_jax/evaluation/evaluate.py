@@ -13,7 +13,6 @@ sample sizes, so compare a scale's FID with this one). Written to workdir/eval/e
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -26,7 +25,7 @@ from glide_jax.config import guidance_scales
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.evaluate_edit import evaluate_edits
 from glide_jax.evaluation.metrics import Scorer, balanced_subset
-from glide_jax.evaluation.report import format_table, json_safe, plot
+from glide_jax.evaluation.report import format_table, json_safe, plot, save_report
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 
@@ -91,12 +90,5 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "results": results,
   })
   if is_main:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-      json.dump(report, f, indent=2)
-      f.write("\n")
-    plot(report, os.path.join(out_dir, "eval.png"))
-    print(format_table(report), flush=True)
-    print(f"Wrote {os.path.join(out_dir, 'eval.json')} and {os.path.join(out_dir, 'eval.png')}.", flush=True)
+    save_report(report, os.path.join(workdir, "eval"), "eval", plot, format_table(report))
   return report

@@ -13,7 +13,6 @@ edit_eval.png.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -27,7 +26,7 @@ from glide_jax.editing.edit import edit_method, known_region_error
 from glide_jax.editing.inputs import load_known_mask
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.metrics import Scorer
-from glide_jax.evaluation.report import format_edit_table, json_safe, plot_edits
+from glide_jax.evaluation.report import format_edit_table, json_safe, plot_edits, save_report
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
@@ -105,13 +104,5 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "results": results,
   })
   if is_main:
-    out_dir = os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "edit_eval.json"), "w") as f:
-      json.dump(report, f, indent=2)
-      f.write("\n")
-    plot_edits(report, os.path.join(out_dir, "edit_eval.png"))
-    print(format_edit_table(report), flush=True)
-    print(f"Wrote {os.path.join(out_dir, 'edit_eval.json')} and {os.path.join(out_dir, 'edit_eval.png')}.",
-          flush=True)
+    save_report(report, os.path.join(workdir, "eval"), "edit_eval", plot_edits, format_edit_table(report))
   return report

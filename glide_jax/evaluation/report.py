@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 
 import numpy as np
 
@@ -59,16 +61,37 @@ def plot(report: dict, path: str) -> None:
       ax.set_ylim(0, 1.02)
     else:
       ax.set_ylim(bottom=0)
-    ax.set_xlabel("guidance scale")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish_axis(ax, title)
   c = report["config"]
-  fig.suptitle(f"step {report['step']}: {c['samples_per_digit']} samples per class, {c['sampler']} "
-               f"{c['sampling_steps']} steps (respacing {c['respacing'] or 'none'!r})", fontsize=10)
+  _save_figure(fig, path, f"step {report['step']}: {c['samples_per_digit']} samples per class, {c['sampler']} "
+                          f"{c['sampling_steps']} steps (respacing {c['respacing'] or 'none'!r})")
+
+
+def _finish_axis(ax, title: str) -> None:
+  ax.set_xlabel("guidance scale")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+
+
+def _save_figure(fig, path: str, title: str) -> None:
+  import matplotlib.pyplot as plt
+  fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def save_report(report: dict, out_dir: str, stem: str, plot_fn, table: str) -> None:
+  """Writes out_dir/<stem>.json and <stem>.png (drawn by plot_fn), and prints the table and the paths."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in ("json", "png")]
+  with open(paths[0], "w") as f:
+    json.dump(report, f, indent=2)
+    f.write("\n")
+  plot_fn(report, paths[1])
+  print(table, flush=True)
+  print(f"Wrote {paths[0]} and {paths[1]}.", flush=True)
 
 
 def format_edit_table(report: dict) -> str:
@@ -101,13 +124,7 @@ def plot_edits(report: dict, path: str) -> None:
       ax.axhline(nan(report["originals"]["fid"]), color="gray", linestyle="--", label="unedited originals")
     else:
       ax.set_ylim(0, 1.02)
-    ax.set_xlabel("guidance scale")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish_axis(ax, title)
   c = report["config"]
-  fig.suptitle(f"{c['num_images']} test images, mask {c['mask']!r} regenerated as the next class; "
-               f"{c['sampler']} (respacing {c['respacing'] or 'none'!r})", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save_figure(fig, path, f"{c['num_images']} test images, mask {c['mask']!r} regenerated as the next class; "
+                          f"{c['sampler']} (respacing {c['respacing'] or 'none'!r})")
