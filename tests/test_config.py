@@ -47,13 +47,14 @@ def test_the_allowed_names_are_the_implementations_tables(field, names):
 
 
 def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, tmp_path):
-  """model.tokenizer="gpt2" is a known name, but without its vocabulary files it must fail in validation,
-  not when the tokenizer is built."""
-  monkeypatch.setattr(tokenizer_lib, "GPT2_VOCAB_DIR", str(tmp_path))
+  """model.tokenizer="gpt2" validates with the vocabulary the package ships; without its files (a broken
+  install) it must fail in validation, not when the tokenizer is built."""
   config = tiny.get_config()
   config.model.tokenizer = "gpt2"
+  validate_config(config)
+  monkeypatch.setattr(tokenizer_lib, "GPT2_VOCAB_DIR", str(tmp_path))
   with pytest.raises(ConfigError, match=r"config\.model\.tokenizer = 'gpt2' is invalid: GPT-2's vocabulary files "
-                                        r"\(encoder\.json, vocab\.bpe\) are not installed.*Use 'byte'"):
+                                        r"\(encoder\.json\.gz, vocab\.bpe\.gz\) are missing.*Use 'byte'"):
     validate_config(config)
   with pytest.raises(ConfigError, match="cannot be used"):
     tokenizer_lib.get_tokenizer("gpt2")

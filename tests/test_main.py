@@ -74,8 +74,6 @@ USER_ERRORS = [
      r"config\.sample\.respacing = '2000' is invalid.*cannot hold 2000"),
     ("eval_setting_in_train_mode", "train", "absent", ["--config.eval.samples_per_digit=1"],
      r"config\.eval\.samples_per_digit = 1 is invalid"),
-    ("gpt2_without_vocabulary", "train", "absent", ["--config.model.tokenizer=gpt2"],
-     r"config\.model\.tokenizer = 'gpt2' is invalid: GPT-2's vocabulary files"),
     ("batch_not_divisible_fresh", "train", "absent", ["--config.train.batch_size=15"],
      r"batch_size = 15 is not divisible by the 2 devices"),
     ("missing_dataset_fresh", "train", "absent",

@@ -8,6 +8,8 @@ tokenizer here follows the same contract and needs no vocabulary download.
 from __future__ import annotations
 
 import abc
+import functools
+import gzip
 import os
 import warnings
 from typing import Optional, Sequence
@@ -73,8 +75,9 @@ class ByteTokenizer(Tokenizer):
 class GPT2BPETokenizer(Tokenizer):
   """GLIDE's own tokenizer (GPT-2 byte-level BPE, vocabulary 50257, pad 50256) from local files.
 
-  Needs `encoder.json` and `vocab.bpe` on disk (nothing is downloaded). Lower-cases, splits with the
-  GPT-2 pattern and applies the BPE merges, as glide-text2im's `tokenizer/bpe.py` does; no BOS/EOS.
+  Reads `encoder.json` and `vocab.bpe`, gzipped or not (the package ships them gzipped, as glide-text2im
+  does; nothing is downloaded). Lower-cases, splits with the GPT-2 pattern and applies the BPE merges, as
+  glide-text2im's `tokenizer/bpe.py` does; no BOS/EOS.
   """
 
   vocab_size = 50257
@@ -85,9 +88,9 @@ class GPT2BPETokenizer(Tokenizer):
 
     import regex  # GPT-2's pattern needs \p{L}; `regex` is only required for this tokenizer.
 
-    with open(encoder_json, encoding="utf-8") as f:
+    with _open_text(encoder_json) as f:
       self._encoder = json.load(f)
-    with open(vocab_bpe, encoding="utf-8") as f:
+    with _open_text(vocab_bpe) as f:
       merges = [tuple(line.split()) for line in f.read().split("\n")[1:] if line.strip()]
     self._ranks = {pair: i for i, pair in enumerate(merges)}
     self._byte_encoder = _bytes_to_unicode()
@@ -124,6 +127,10 @@ class GPT2BPETokenizer(Tokenizer):
     return ids
 
 
+def _open_text(path: str):
+  return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
 def _bytes_to_unicode() -> dict[int, str]:
   """GPT-2's reversible map from bytes to printable unicode characters."""
   bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -137,8 +144,9 @@ def _bytes_to_unicode() -> dict[int, str]:
   return dict(zip(bs, map(chr, cs)))
 
 
-# Where GPT-2's vocabulary (encoder.json, vocab.bpe) is looked for: package data of glide_jax.model.
+# GPT-2's vocabulary, package data of glide_jax.model (gpt2_vocab/README.md says where it comes from).
 GPT2_VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpt2_vocab")
+GPT2_VOCAB_FILES = ("encoder.json.gz", "vocab.bpe.gz")
 
 # Tokenizer names the config accepts; the config validator reads this table.
 TOKENIZER_NAMES = ("byte", "gpt2")
@@ -148,15 +156,20 @@ def unavailable_reason(name: str) -> Optional[str]:
   """Why tokenizer `name` cannot be built here (missing vocabulary files or module), or None if it can."""
   if name != "gpt2":
     return None
-  missing = [f for f in ("encoder.json", "vocab.bpe") if not os.path.isfile(os.path.join(GPT2_VOCAB_DIR, f))]
+  missing = [f for f in GPT2_VOCAB_FILES if not os.path.isfile(os.path.join(GPT2_VOCAB_DIR, f))]
   if missing:
-    return (f"GPT-2's vocabulary files ({', '.join(missing)}) are not installed in {GPT2_VOCAB_DIR}; this version "
-            f"of glide-jax does not ship them")
+    return (f"GPT-2's vocabulary files ({', '.join(missing)}) are missing from {GPT2_VOCAB_DIR}; reinstall "
+            f"glide-jax (pip install -e .) so its package data is in place")
   try:
     import regex  # noqa: F401
   except ImportError:
     return "the `regex` module its pre-tokenizer needs is not installed (pip install regex)"
   return None
+
+
+@functools.lru_cache(maxsize=1)
+def _gpt2_tokenizer() -> GPT2BPETokenizer:  # Reading the vocabulary takes a fraction of a second: once.
+  return GPT2BPETokenizer(*(os.path.join(GPT2_VOCAB_DIR, f) for f in GPT2_VOCAB_FILES))
 
 
 def get_tokenizer(name: str = "byte") -> Tokenizer:
@@ -167,5 +180,5 @@ def get_tokenizer(name: str = "byte") -> Tokenizer:
   if reason:
     raise ConfigError(f"config.model.tokenizer = {name!r} cannot be used: {reason}. Use 'byte'.")
   if name == "gpt2":
-    return GPT2BPETokenizer(os.path.join(GPT2_VOCAB_DIR, "encoder.json"), os.path.join(GPT2_VOCAB_DIR, "vocab.bpe"))
+    return _gpt2_tokenizer()
   return ByteTokenizer()

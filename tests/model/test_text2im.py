@@ -11,7 +11,7 @@ import pytest
 from configs import tiny
 from glide_jax.config import validate_config
 from glide_jax.model import ModelConfig, Text2ImUNet, count_params, init_params
-from glide_jax.model.tokenizer import ByteTokenizer
+from glide_jax.model.tokenizer import ByteTokenizer, get_tokenizer
 
 BATCH = 6
 
@@ -224,3 +224,10 @@ def test_glide_base_model_has_the_reference_parameter_count():
   assert unet["output_blocks_3_0"]["in_conv"]["kernel"].shape == (3, 3, 1344, 768)
   assert unet["middle_block_1"]["encoder_kv"]["kernel"].shape == (512, 1536)
   assert unet["out_conv"]["kernel"].shape == (3, 3, 192, 6)
+
+
+def test_the_gpt2_tokenizer_gives_the_model_glides_vocabulary():
+  config = tiny_config(model__tokenizer="gpt2")
+  model = Text2ImUNet(ModelConfig.from_config(config, get_tokenizer("gpt2").vocab_size))
+  shapes = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
+  assert shapes["text_encoder"]["token_embedding"]["embedding"].shape == (50257, config.model.xf_width)

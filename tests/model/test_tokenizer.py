@@ -1,13 +1,15 @@
 """The byte tokenizer (GLIDE_REFERENCE.md §1 "Tokenizer" contract): ids, truncation, right padding with the
 pad id, the mask, the empty prompt and the truncation warning."""
 
+import os
 import warnings
 
 import numpy as np
 import pytest
 
 from glide_jax.errors import ConfigError
-from glide_jax.model.tokenizer import ByteTokenizer, _bytes_to_unicode, get_tokenizer
+from glide_jax.model.tokenizer import ByteTokenizer, GPT2BPETokenizer, _bytes_to_unicode, get_tokenizer
+from helpers.paths import REPO
 
 
 @pytest.fixture
@@ -101,3 +103,23 @@ def test_gpt2_byte_to_unicode_map_is_a_bijection_onto_printable_characters():
   assert all(table[b] == chr(b) for b in range(ord("!"), ord("~") + 1))
   assert table[ord(" ")] == "Ġ"  # GPT-2's familiar space marker.
   assert all(ch.isprintable() and not ch.isspace() for ch in table.values())
+
+
+GOLDENS = os.path.join(REPO, "..", "shared", "reference", "glide_goldens", "base.npz")
+
+
+def test_gpt2_tokenizer_ships_with_the_package_and_matches_glide_text2im():
+  """The reference goldens hold glide-text2im's own tokens and mask of this prompt and of the empty one."""
+  tok = get_tokenizer("gpt2")
+  assert isinstance(tok, GPT2BPETokenizer) and get_tokenizer("gpt2") is tok  # Read once.
+  assert (tok.vocab_size, tok.pad_id) == (50257, 50256)
+  ids, mask = tok.tokenize_batch(["an oil painting of a corgi", ""], 8)
+  if os.path.isfile(GOLDENS):
+    with np.load(GOLDENS) as golden:
+      np.testing.assert_array_equal(ids, golden["in/tokens"])
+      np.testing.assert_array_equal(mask, golden["in/mask"])
+  assert ids.tolist() == [[272, 3056, 12036, 286, 257, 1162, 12397, 50256], [50256] * 8]
+  assert mask.tolist() == [[True] * 7 + [False], [False] * 8]
+  # Lower-cased as GLIDE does; numbers and punctuation are tokens of their own.
+  assert tok.encode("Seven") == tok.encode("seven") == [26548]
+  assert len(tok.encode("7, 3!")) == 4
