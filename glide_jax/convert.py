@@ -1,128 +1,80 @@
-"""OpenAI's glide-text2im state dicts as this project's Flax parameters: names and layouts, checked.
+"""Converts one of OpenAI's released GLIDE checkpoints into a glide-jax workdir:
 
-PyTorch names map to Flax paths by a few rules (`flax_path`); layouts change as follows: Conv2d weights
-OIHW → HWIO, Linear weights [out, in] → [in, out], the attention blocks' 1x1 Conv1d weights [out, in, 1]
-→ [in, out], GroupNorm and LayerNorm `weight` → `scale`, the token embedding as it is. The per-head order
-of qkv and encoder_kv channels is glide-text2im's (head-major, then q|k|v) in both, so no permutation is
-needed. Every source tensor must be used and every Flax parameter filled, with matching shapes; anything
-else is a UserError naming the key.
+  python -m glide_jax.convert --model=base --checkpoint=base.pt --workdir=glide/base
+
+`--mode=sample` and `--mode=edit` then use the workdir like any trained run, with the matching config
+(configs/glide_base.py, configs/glide_upsample.py; ":inpaint" for the inpainting models). The file is read
+without running code from it (glide_jax.released.state_dict_file); every key and shape is checked.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Mapping
+import os
+import sys
 
-import flax.traverse_util
-import numpy as np
+import jax
+import ml_collections
 
 from glide_jax.errors import UserError
-
-# (pattern on the PyTorch key, replacement giving the Flax path with "/" separators)
-_RULES = [
-    (r"^time_embed\.(\d)\.(weight|bias)$", r"unet/time_embed_\1/\2"),
-    (r"^input_blocks\.0\.0\.(weight|bias)$", r"unet/input_blocks_0/\1"),
-    (r"^(input_blocks|output_blocks)\.(\d+)\.(\d+)\.(.+)$", r"unet/\1_\2_\3/\4"),
-    (r"^middle_block\.(\d+)\.(.+)$", r"unet/middle_block_\1/\2"),
-    (r"^out\.0\.(weight|bias)$", r"unet/out_norm/norm/\1"),
-    (r"^out\.2\.(weight|bias)$", r"unet/out_conv/\1"),
-    (r"^transformer\.resblocks\.(\d+)\.mlp\.(c_fc|c_proj)\.(weight|bias)$", r"text_encoder/resblocks_\1/\2/\3"),
-    (r"^transformer\.resblocks\.(\d+)\.(.+)$", r"text_encoder/resblocks_\1/\2"),
-    (r"^(final_ln|transformer_proj|token_embedding)\.(weight|bias)$", r"text_encoder/\1/\2"),
-    (r"^(positional_embedding|padding_embedding)$", r"text_encoder/\1"),
-]
-# Inside a ResBlock or an AttentionBlock: PyTorch's Sequential indices → this project's layer names.
-_BLOCK_LAYERS = {
-    "in_layers/0": "in_norm/norm", "in_layers/2": "in_conv", "emb_layers/1": "emb_layers",
-    "out_layers/0": "out_norm/norm", "out_layers/3": "out_conv", "norm": "norm/norm",
-}
-_BLOCK_LAYER_PATTERN = re.compile(r"(?<=/)(" + "|".join(re.escape(k) for k in _BLOCK_LAYERS) + r")(?=/)")
+from glide_jax.experiment import Experiment
+from glide_jax.released.keymap import convert_state_dict
+from glide_jax.released.options import RELEASED_MODELS, apply_glide_options, glide_config
+from glide_jax.released.state_dict_file import read_state_dict
+from glide_jax.train.step import init_state_from_params
 
 
-def flax_path(torch_key: str) -> tuple[str, ...]:
-  """The Flax parameter path of a glide-text2im state-dict key (a UserError for an unknown key)."""
-  for pattern, replacement in _RULES:
-    if re.match(pattern, torch_key):
-      path = re.sub(pattern, replacement, torch_key).replace(".", "/")
-      break
-  else:
-    raise UserError(f"State-dict key {torch_key!r} is not part of a GLIDE text-to-image model this converter knows.")
-  if re.match(r"unet/(input_blocks|output_blocks|middle_block)_", path):
-    path = _BLOCK_LAYER_PATTERN.sub(lambda m: _BLOCK_LAYERS[m.group(0)], path)  # One pass: no renaming twice.
-  parts = path.split("/")
-  leaf = parts[-1]
-  if leaf == "weight":
-    parent = parts[-2]
-    is_norm = parent in ("norm", "final_ln") or parent.startswith("ln_")
-    parts[-1] = "scale" if is_norm else ("embedding" if parent == "token_embedding" else "kernel")
-  return tuple(parts)
+def convert_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workdir: str) -> int:
+  """Writes `checkpoint`'s parameters as step 0 of `workdir` (parameters and EMA alike) for `config`'s
+  model; returns the number of parameters. A workdir that already holds checkpoints is left alone."""
+  state_dict, _ = read_state_dict(checkpoint)
+  exp = Experiment(config, workdir)
+  params = convert_state_dict(state_dict, exp.abstract_state.params)
+  del state_dict
+  checkpointer = exp.checkpointer()
+  try:
+    if checkpointer.latest_step() is not None:
+      raise UserError(f"--workdir {exp.workdir} already holds checkpoints; give a new directory (nothing was "
+                      f"written).")
+    build = jax.jit(lambda p: init_state_from_params(exp.optimizer, p), out_shardings=exp.state_shardings)
+    checkpointer.save(0, build(params), config)
+  finally:
+    checkpointer.close()
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
 
 
-def to_flax_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-  """A PyTorch tensor in the layout of the Flax parameter at `path`."""
-  if path[-1] != "kernel":
-    return value
-  if value.ndim == 4:  # Conv2d OIHW → HWIO
-    return value.transpose(2, 3, 1, 0)
-  if value.ndim == 3:  # Conv1d k=1 [out, in, 1] → dense [in, out]
-    return value[..., 0].T
-  return value.T  # Linear [out, in] → [in, out]
+def config_for(model: str, checkpoint: str) -> ml_collections.ConfigDict:
+  """The released model's config; a file that records its own model options (an .npz such as the
+  reference goldens) gets those instead."""
+  config = glide_config(model)
+  _, options = read_state_dict(checkpoint) if checkpoint.lower().endswith(".npz") else (None, None)
+  if options is not None:
+    apply_glide_options(config, options)
+  return config
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Any) -> Any:
-  """Flax parameters shaped like `target` (arrays or shape-dtype structs) from a glide-text2im state dict."""
-  flat_target = flax.traverse_util.flatten_dict(target)
-  converted, sources = {}, {}
-  for key, value in state_dict.items():
-    path = flax_path(key)
-    if path in sources:
-      raise UserError(f"State-dict keys {sources[path]!r} and {key!r} both map to {'/'.join(path)}.")
-    sources[path] = key
-    if path not in flat_target:
-      raise UserError(f"State-dict key {key!r} (as {'/'.join(path)}) has no place in this model; check that "
-                      f"the config matches the checkpoint's model type and options.")
-    array = to_flax_layout(path, np.asarray(value, np.float32))
-    expected = tuple(flat_target[path].shape)
-    if array.shape != expected:
-      raise UserError(f"State-dict key {key!r} has shape {tuple(np.shape(value))} (as {'/'.join(path)}: "
-                      f"{array.shape}), but this model's parameter is {expected}; check the config's model "
-                      f"options against the checkpoint's.")
-    converted[path] = array
-  missing = sorted("/".join(p) for p in set(flat_target) - set(converted))
-  if missing:
-    raise UserError(f"The state dict lacks {len(missing)} of this model's parameters, e.g. {missing[:3]}; check "
-                    f"the model type (base, upsample, base-inpaint, upsample-inpaint).")
-  return flax.traverse_util.unflatten_dict(converted)
+def main(argv: list[str]) -> None:
+  del argv
+  from absl import flags
+
+  from glide_jax.runtime import use_all_cpu_cores
+  use_all_cpu_cores()
+  f = flags.FLAGS
+  try:
+    config = config_for(f.model, f.checkpoint)
+    count = convert_checkpoint(config, f.checkpoint, f.workdir)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  name = "glide_upsample" if f.model.startswith("upsample") else "glide_base"
+  suffix = ":inpaint" if f.model.endswith("-inpaint") else ""
+  print(f"Converted {f.checkpoint} ({count:,} parameters) into {os.path.abspath(f.workdir)}. Sample with:\n"
+        f"  python main.py --config=configs/{name}.py{suffix} --workdir={f.workdir} --mode=sample", flush=True)
 
 
-def apply_glide_options(config, options: Mapping[str, Any]) -> None:
-  """Sets `config`'s data, model and diffusion sections to glide-text2im's model options (its
-  `model_and_diffusion_defaults()` keys, as in a checkpoint's options); the upsamplers are not built yet."""
-  if options.get("super_res"):
-    raise UserError("The upsampler (SuperResText2ImUNet) is not implemented in glide-jax yet; only the base "
-                    "and base-inpaint models convert.")
-  if options.get("num_heads_upsample", -1) not in (-1, options.get("num_heads")):
-    raise UserError("num_heads_upsample differs from num_heads; glide-jax's UNet uses one head layout.")
-  config.data.image_size = int(options["image_size"])
-  config.data.channels = 3
-  m = config.model
-  m.model_channels = int(options["num_channels"])
-  m.channel_mult = tuple(int(x) for x in str(options["channel_mult"]).split(","))
-  m.num_res_blocks = int(options["num_res_blocks"])
-  m.attention_resolutions = tuple(int(x) for x in str(options["attention_resolutions"]).split(","))
-  m.num_head_channels = int(options["num_head_channels"])
-  m.dropout = float(options["dropout"])
-  m.text_ctx = int(options["text_ctx"])
-  m.xf_width, m.xf_layers, m.xf_heads = int(options["xf_width"]), int(options["xf_layers"]), int(options["xf_heads"])
-  m.resblock_updown = bool(options["resblock_updown"])
-  m.conv_resample = True  # glide-text2im's default; with resblock_updown it is unused.
-  m.learn_sigma = True
-  m.tokenizer = "gpt2"
-  m.inpaint = bool(options.get("inpaint", False))
-  unsupported = [k for k, want in (("xf_final_ln", True), ("xf_padding", True), ("use_scale_shift_norm", True))
-                 if bool(options.get(k, want)) != want]
-  if unsupported:
-    raise UserError(f"glide-jax builds GLIDE's model with {', '.join(f'{k}=True' for k in unsupported)}; this "
-                    f"checkpoint's options differ.")
-  config.diffusion.noise_schedule = str(options["noise_schedule"])
-  config.diffusion.num_timesteps = int(options["diffusion_steps"])
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_enum("model", None, list(RELEASED_MODELS), "Which released GLIDE model the checkpoint is.")
+  flags.DEFINE_string("checkpoint", None, "The downloaded .pt file (or an .npz of its arrays).")
+  flags.DEFINE_string("workdir", None, "A new directory to write the converted model into.")
+  flags.mark_flags_as_required(["model", "checkpoint", "workdir"])
+  app.run(main)

@@ -115,6 +115,8 @@ def class_names_of(data_config) -> tuple[str, ...]:
   datasets learn their names when they are prepared (CIFAR-10's come from its download), so they are
   prepared first.
   """
+  if not data_config.name:
+    return ()
   name, data_dir = data_config.name, resolve_data_dir(data_config.data_dir)
   builder = _builder(name, data_dir)
   if not builder.is_prepared() and name not in data_prepare.IDX_DATASETS:
@@ -170,6 +172,10 @@ def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, 
 
 def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset:
   """The train split (or `split`) that `config.data` names, checked against its channel count."""
+  if not data_config.name:
+    raise UserError("config.data.name is '': this config has no dataset (a released GLIDE model is sampled and "
+                    "edited, not trained or evaluated here). Give PNG paths to --mode=edit, or set "
+                    "--config.data.name to a TFDS dataset.")
   ds = load_split(data_config.name, split or data_config.train_split, data_config.data_dir, data_config.image_size,
                   data_config.download, data_config.download_url)
   if ds.images.shape[-1] != data_config.channels:

@@ -1,84 +1,119 @@
-"""glide-text2im state dicts through the converter: the reference goldens' random-weight base and
-base-inpaint models give the reference outputs (../shared/reference/glide_goldens), and bad dicts are
-reported by key."""
+"""python -m glide_jax.convert: a glide-text2im checkpoint file → a workdir that sampling uses; bad files
+and workdirs are refused with exit 2, writing nothing."""
 
-import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
-from configs import tiny
-from glide_jax.convert import apply_glide_options, convert_state_dict, flax_path
-from glide_jax.errors import UserError
-from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
+from glide_jax.convert import config_for, convert_checkpoint
+from glide_jax.editing.edit import edit_and_save
+from glide_jax.experiment import Experiment
+from glide_jax.released.keymap import convert_state_dict
+from glide_jax.released.state_dict_file import read_state_dict
+from glide_jax.sampling.sweep import sample_and_save
 from helpers.paths import REPO
+from helpers.runs import main_env
+from helpers.torch_files import write_pt_calling
 
-GOLDENS = os.path.join(os.path.dirname(REPO), "shared", "reference", "glide_goldens")
-pytestmark = pytest.mark.skipif(not os.path.isdir(GOLDENS), reason="the reference goldens are not beside the checkout")
-
-
-def golden(kind):
-  with np.load(os.path.join(GOLDENS, f"{kind}.npz")) as f:
-    data = {k: f[k] for k in f.files}
-  options = json.loads(str(data["options_json"]))
-  state_dict = {k[len("state_dict/"):]: v for k, v in data.items() if k.startswith("state_dict/")}
-  return options, state_dict, data
+GOLDEN_BASE = os.path.join(os.path.dirname(REPO), "shared", "reference", "glide_goldens", "base.npz")
+needs_goldens = pytest.mark.skipif(not os.path.isfile(GOLDEN_BASE), reason="the reference goldens are not beside "
+                                                                          "the checkout")
 
 
-def model_for(options):
-  config = tiny.get_config()
-  apply_glide_options(config, options)
-  model = Text2ImUNet(ModelConfig.from_config(config, get_tokenizer("gpt2").vocab_size, on="cpu"))
-  return model, jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
+def convert(*args):
+  return subprocess.run([sys.executable, "-m", "glide_jax.convert", *args], cwd=REPO, env=main_env(),
+                        capture_output=True, text=True, timeout=300)
 
 
-def nhwc(a):
-  return jnp.asarray(a).transpose(0, 2, 3, 1)
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("glide") / "base")
+  result = convert("--model=base", f"--checkpoint={GOLDEN_BASE}", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr
+  return workdir, result.stdout
 
 
-@pytest.mark.parametrize("kind", ["base", "base-inpaint"])
-def test_converted_reference_models_compute_the_reference_outputs(kind):
-  options, state_dict, data = golden(kind)
-  model, shapes = model_for(options)
-  params = convert_state_dict(state_dict, shapes)
-  assert len(jax.tree_util.tree_leaves(params)) == len(state_dict)
-  inpaint = {}
-  if options["inpaint"]:
-    inpaint = dict(inpaint_image=nhwc(data["in/inpaint_image"]), inpaint_mask=nhwc(data["in/inpaint_mask"]))
-  out = model.apply({"params": params}, nhwc(data["in/x"]), jnp.asarray(data["in/t"]), jnp.asarray(data["in/tokens"]),
-                    jnp.asarray(data["in/mask"]), **inpaint)
-  np.testing.assert_allclose(out, nhwc(data["out/model_output"]), atol=1e-4, rtol=1e-4)
-  xf_out, xf_proj = model.apply({"params": params}, jnp.asarray(data["in/tokens"]), jnp.asarray(data["in/mask"]),
-                                method=Text2ImUNet.encode_text)
-  np.testing.assert_allclose(xf_proj, data["out/xf_proj"], atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(xf_out, data["out/xf_out"].transpose(0, 2, 1), atol=1e-4, rtol=1e-4)
+@needs_goldens
+def test_the_converted_workdir_holds_the_reference_model(converted):
+  workdir, stdout = converted
+  assert "parameters) into" in stdout and "--mode=sample" in stdout
+  config = config_for("base", GOLDEN_BASE)
+  exp = Experiment(config, workdir)
+  params, step = exp.load_params(use_ema=True)
+  raw, _ = exp.load_params(use_ema=False)
+  assert step == 0
+  expected = convert_state_dict(read_state_dict(GOLDEN_BASE)[0], exp.abstract_state.params)
+  for got, want, also in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected),
+                             jax.tree_util.tree_leaves(raw)):
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(also, want)
+  with np.load(GOLDEN_BASE) as f:
+    nhwc = lambda a: jnp.asarray(a).transpose(0, 2, 3, 1)  # noqa: E731
+    out = exp.model.apply({"params": params}, nhwc(f["in/x"]), jnp.asarray(f["in/t"]), jnp.asarray(f["in/tokens"]),
+                          jnp.asarray(f["in/mask"]))
+    np.testing.assert_allclose(out, nhwc(f["out/model_output"]), atol=1e-4 * np.abs(f["out/model_output"]).max())
 
 
-def test_names_and_layouts():
-  assert flax_path("input_blocks.3.1.qkv.weight") == ("unet", "input_blocks_3_1", "qkv", "kernel")
-  assert flax_path("output_blocks.1.0.in_layers.0.weight") == ("unet", "output_blocks_1_0", "in_norm", "norm", "scale")
-  assert flax_path("out.0.bias") == ("unet", "out_norm", "norm", "bias")
-  assert flax_path("transformer.resblocks.1.mlp.c_proj.weight") == ("text_encoder", "resblocks_1", "c_proj", "kernel")
-  assert flax_path("transformer.resblocks.0.ln_2.weight") == ("text_encoder", "resblocks_0", "ln_2", "scale")
-  assert flax_path("token_embedding.weight") == ("text_encoder", "token_embedding", "embedding")
+@needs_goldens
+def test_sampling_uses_the_converted_workdir(converted):
+  workdir, _ = converted
+  config = config_for("base", GOLDEN_BASE)
+  config.sample.prompts = "an oil painting of a corgi"
+  config.sample.respacing = "2"
+  config.sample.guidance_scales = (3.0,)
+  with np.load(sample_and_save(config, workdir)["npz"]) as f:
+    assert f["images"].shape == (1, 16, 16, 3) and f["prompts"].tolist() == ["an oil painting of a corgi"]
+    assert int(f["step"]) == 0
 
 
-def test_a_bad_state_dict_is_reported_by_key():
-  options, state_dict, _ = golden("base")
-  _, shapes = model_for(options)
-  with pytest.raises(UserError, match=r"'unknown\.weight' is not part of a GLIDE text-to-image model"):
-    convert_state_dict({**state_dict, "unknown.weight": np.zeros(3)}, shapes)
-  wrong = dict(state_dict)
-  wrong["out.2.weight"] = np.zeros((6, 16, 3, 3), np.float32)
-  with pytest.raises(UserError, match=r"'out\.2\.weight' has shape \(6, 16, 3, 3\).*parameter is \(3, 3, 32, 6\)"):
-    convert_state_dict(wrong, shapes)
-  missing = {k: v for k, v in state_dict.items() if k != "padding_embedding"}
-  with pytest.raises(UserError, match=r"lacks 1 of this model's parameters, e\.g\. "
-                                      r"\['text_encoder/padding_embedding'\]"):
-    convert_state_dict(missing, shapes)
-  upsample_options, _, _ = golden("upsample")
-  with pytest.raises(UserError, match="upsampler .* not implemented"):
-    apply_glide_options(tiny.get_config(), upsample_options)
+@needs_goldens
+def test_a_converted_inpainting_model_edits_a_png(tmp_path):
+  checkpoint = GOLDEN_BASE.replace("base.npz", "base-inpaint.npz")
+  config = config_for("base-inpaint", checkpoint)
+  assert config.model.inpaint and config.data.name == ""
+  workdir = str(tmp_path / "inpaint")
+  assert convert_checkpoint(config, checkpoint, workdir) > 0
+  photo = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  Image.fromarray(photo).save(tmp_path / "photo.png")
+  config.edit.images, config.edit.mask = str(tmp_path / "photo.png"), "bottom"
+  config.edit.prompts, config.edit.guidance_scales = "a corgi", (5.0,)
+  config.sample.respacing = "2"
+  with np.load(edit_and_save(config, workdir)["npz"]) as f:
+    edits = f["edits"]
+  assert edits.shape == (1, 1, 1, 16, 16, 3)
+  np.testing.assert_array_equal(edits[0, 0, 0, :8], photo[:8])  # The kept top half, exactly.
+  assert not np.array_equal(edits[0, 0, 0, 8:], photo[8:])
+
+
+@needs_goldens
+def test_an_existing_workdir_is_not_overwritten(converted):
+  workdir, _ = converted
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  result = convert("--model=base", f"--checkpoint={GOLDEN_BASE}", f"--workdir={workdir}")
+  assert result.returncode == 2 and "already holds checkpoints" in result.stderr and "Traceback" not in result.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_is_written(tmp_path):
+  marker, evil, workdir = tmp_path / "ran", str(tmp_path / "base.pt"), tmp_path / "out"
+  write_pt_calling(evil, "os", "system", f"touch {marker}")
+  result = convert("--model=base", f"--checkpoint={evil}", f"--workdir={workdir}")
+  assert result.returncode == 2 and result.stderr.startswith("error: Refused") and "os.system" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not marker.exists() and not workdir.exists()
+
+
+@needs_goldens
+def test_a_checkpoint_of_another_model_names_the_key(tmp_path):
+  small = {k: v for k, v in read_state_dict(GOLDEN_BASE)[0].items()}
+  plain = str(tmp_path / "small.npz")
+  np.savez(plain, **small)  # No options: taken as the released full-size base model, which it is not.
+  result = convert("--model=base", f"--checkpoint={plain}", f"--workdir={tmp_path / 'out'}")
+  assert result.returncode == 2 and "error: State-dict key" in result.stderr and "has shape" in result.stderr
+  assert "check the config's model options against the checkpoint's" in result.stderr

@@ -16,6 +16,7 @@ from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
 from glide_jax.editing.figure import edit_figure
 from glide_jax.editing.inputs import load_images, load_known_mask
+from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
@@ -53,12 +54,15 @@ def edit_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
   """Edits config.edit.images under config.edit.mask for every prompt and guidance scale; writes
   edits/edit.png (original | masked | edits) and edits/edits.npz; returns their paths."""
   exp = Experiment(config, workdir)
+  exp.require_not_upsampler("--mode=edit")
   workdir = exp.open_workdir(create=False)
   e = config.edit
   sources = load_images(e.images, config.data)
   known_one = load_known_mask(e.mask, config.data.image_size, sources.source_size)
   known = np.broadcast_to(known_one, (len(sources.images), *known_one.shape)).copy()
   prompts = split_prompts(e.prompts) if e.prompts.strip() else list(exp.class_names())
+  if not prompts:
+    raise UserError("This config has no dataset, so no class prompts: give --config.edit.prompts (comma-separated).")
   scales = guidance_scales(e)
   params, step = exp.load_params(config.sample.use_ema)
   edits = edit_grid(exp, params, sources.images, known, prompts, scales, stream_key(config.seed, "edit"))

@@ -85,6 +85,7 @@ class ModelConfig:
   xf_layers: int
   xf_heads: int
   inpaint: bool = False  # Also takes the known image (times the mask) and the mask: glide-text2im's inpainter.
+  low_res_size: int = 0  # > 0: an upsampler from images this size (glide-text2im's SuperResText2ImUNet).
   dtype: str = "float32"
   attention_impl: str = "xla"
   norm_impl: str = "dot"
@@ -103,16 +104,22 @@ class ModelConfig:
         learn_sigma=bool(m.learn_sigma), resblock_updown=bool(m.resblock_updown),
         conv_resample=bool(m.conv_resample), vocab_size=int(vocab_size), text_ctx=int(m.text_ctx),
         xf_width=int(m.xf_width), xf_layers=int(m.xf_layers), xf_heads=int(m.xf_heads),
-        inpaint=bool(m.inpaint), **resolve_kernels(m, on))
+        inpaint=bool(m.inpaint), low_res_size=int(m.low_res_size), **resolve_kernels(m, on))
 
   @property
   def compute_dtype(self) -> Any:
     return DTYPES[self.dtype]
 
   @property
+  def super_res(self) -> bool:
+    """Whether this is an upsampler: it also takes a low-resolution image, upsampled to image_size."""
+    return self.low_res_size > 0
+
+  @property
   def unet_in_channels(self) -> int:
-    """x_t, plus for an inpainting model the known image times the mask and the mask: 2·C + 1."""
-    return 2 * self.in_channels + 1 if self.inpaint else self.in_channels
+    """x_t (C), plus for an inpainting model the known image times the mask and the mask (C + 1), plus for
+    an upsampler the upsampled low-resolution image (C): glide-text2im's C, 2·C + 1, 2·C and 3·C + 1."""
+    return self.in_channels * (1 + self.inpaint + self.super_res) + self.inpaint
 
   @property
   def out_channels(self) -> int:

@@ -33,7 +33,11 @@ def parse_prompts(sample_config: ml_collections.ConfigDict, class_names: Sequenc
   """config.sample.prompt_file's prompts, else config.sample.prompts', else one prompt per class ("zero" …)."""
   if sample_config.prompt_file:
     return read_prompt_file(sample_config.prompt_file)
-  return split_prompts(sample_config.prompts) or list(class_names)
+  prompts = split_prompts(sample_config.prompts) or list(class_names)
+  if not prompts:
+    raise UserError("This config has no dataset, so no class prompts: give --config.sample.prompts (comma-"
+                    "separated) or --config.sample.prompt_file.")
+  return prompts
 
 
 def class_of_prompt(prompt: str, class_names: Sequence[str]) -> int:

@@ -17,6 +17,7 @@ from glide_jax.config import num_microbatches
 from glide_jax.diffusion import GaussianDiffusion, hybrid_loss
 from glide_jax.editing.masks import random_known_masks
 from glide_jax.model import Text2ImUNet, init_params
+from glide_jax.model.text2im import downsample
 
 INPAINT_MASK_STREAM = 0x3A5C  # fold_in tag of the training masks' randomness within a step.
 
@@ -74,7 +75,8 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch: dict[str, jax.Array],
             rng: jax.Array, p_uncond: float, pad_id: int) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), prompts dropped with probability p_uncond; an
-  inpainting model also sees each example's known part under a random mask (GLIDE's fine-tuning)."""
+  inpainting model also sees each example's known part under a random mask (GLIDE's fine-tuning), an
+  upsampler the example downsampled to its low resolution."""
   x_start = batch["images"]
   t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
   t = jax.random.randint(t_rng, (x_start.shape[0],), 0, diffusion.num_timesteps)
@@ -82,12 +84,14 @@ def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch
   x_t = diffusion.q_sample(x_start, t, noise)
   tokens, mask = drop_conditioning(drop_rng, batch["tokens"], batch["mask"], p_uncond, pad_id)
   model_t = jnp.asarray(diffusion.timestep_map)[t]
-  inpaint = {}
+  extra_inputs = {}
   if model.config.inpaint:  # Its own stream, so the base model's draws stay as they are.
     known = random_known_masks(jax.random.fold_in(rng, INPAINT_MASK_STREAM), x_start.shape[0], x_start.shape[1])
-    inpaint = {"inpaint_image": x_start, "inpaint_mask": known}
+    extra_inputs = {"inpaint_image": x_start, "inpaint_mask": known}
+  if model.config.super_res:
+    extra_inputs["low_res"] = downsample(x_start, model.config.low_res_size)
   output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng},
-                       **inpaint)
+                       **extra_inputs)
   terms = hybrid_loss(diffusion, output, x_start, x_t, t, noise)
   metrics = {k: jnp.mean(v) for k, v in terms.items()}
   return metrics["loss"], metrics

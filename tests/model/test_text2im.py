@@ -195,6 +195,27 @@ def test_three_channel_model_shape():
   assert "in_conv" in params["unet"]["input_blocks_2_0"] and "in_conv" in params["unet"]["output_blocks_1_2"]
 
 
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_an_upsampler_sees_x_then_the_low_res_image_upsampled_bilinearly(inpaint):
+  config = tiny_config(model__low_res_size=2, model__inpaint=inpaint)
+  model = create_model(config)
+  assert model.config.super_res and model.config.unet_in_channels == (4 if inpaint else 2)
+  x = np.full((1, 4, 4, 1), 0.5, np.float32)
+  low_res = np.array([[0.0, 1.0], [2.0, 3.0]], np.float32).reshape(1, 2, 2, 1)
+  out = np.asarray(model.apply({"params": {}}, x, None, None, low_res, method=Text2ImUNet.unet_input))
+  assert out.shape == (1, 4, 4, model.config.unet_in_channels)
+  np.testing.assert_array_equal(out[..., 0], x[..., 0])
+  # PyTorch's bilinear, align_corners=False, 2 → 4 px: sources at -0.25 (clamped), 0.25, 0.75, 1.25 (clamped).
+  ramp = np.array([0.0, 0.25, 0.75, 1.0])
+  np.testing.assert_allclose(out[0, :, :, -1], 2 * ramp[:, None] + ramp[None, :], atol=1e-6)
+  if inpaint:  # [x, image · mask, mask, upsampled]: nothing known without an image and mask.
+    np.testing.assert_array_equal(out[..., 1:3], 0.0)
+  params = jax.eval_shape(functools.partial(init_params, model), jax.random.PRNGKey(0))
+  assert params["unet"]["input_blocks_0"]["kernel"].shape[2] == model.config.unet_in_channels
+  with pytest.raises(ValueError, match="needs the low-resolution image"):
+    model.apply({"params": {}}, x, method=Text2ImUNet.unet_input)
+
+
 def test_model_config_reads_the_config(setup):
   config, model, params, _ = setup
   assert model.config.vocab_size == 257  # The byte tokenizer's ids 0..255 and pad 256.
