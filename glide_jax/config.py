@@ -29,7 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "mnist"            # Any TFDS image dataset with an `image` and a ClassLabel `label`.
+  c.data.name = "mnist"            # Any TFDS image dataset with an `image` and a ClassLabel `label`; "" = none
+                                   # (a released GLIDE model: sampled and edited from prompts and PNGs).
   c.data.data_dir = ""             # "" = $TFDS_DATA_DIR, else TFDS's default directory.
   c.data.download = True           # Download and prepare the dataset in data_dir the first time it is missing.
   c.data.download_url = ""         # A mirror of MNIST-format files (mnist, fashion_mnist, kmnist); "" = TFDS's.
@@ -60,6 +61,9 @@ def default_config() -> ml_collections.ConfigDict:
   # An inpainting model (glide-text2im's InpaintText2ImUNet): the UNet also takes the known image times the
   # mask and the mask, 2·C + 1 input channels. Trained with random masks; see train.init_from.
   c.model.inpaint = False
+  # An upsampler (glide-text2im's SuperResText2ImUNet) when > 0: the UNet also takes a low_res_size image,
+  # upsampled bilinearly; trained on the data's images downsampled to that size.
+  c.model.low_res_size = 0
   # How the model computes (parameters are always float32; none of these changes a checkpoint). "auto":
   # bfloat16 on GPU and TPU, float32 on CPU; cuDNN's fused attention on NVIDIA GPUs where it applies;
   # GroupNorm statistics as dot products on CPU, fused reductions elsewhere.
@@ -103,6 +107,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.num_per_prompt = 1
   c.sample.use_ema = True
   c.sample.batch_size = 64
+  # An upsampler's workdir samples the cascade: the base run in base_workdir samples (with its own saved
+  # sampler settings and the guidance scales above), then this model enlarges each image from its prompt,
+  # unguided and from initial noise at upsample_temp (glide-text2im's text2im notebook: 0.997).
+  c.sample.base_workdir = ""
+  c.sample.upsample_temp = 1.0
 
   c.edit = ml_collections.ConfigDict()    # --mode=edit; the sampler settings are config.sample's.
   c.edit.images = "test:0,1,2,3"   # "test:I,J,..." (examples of data.test_split) or PNG paths, comma-separated.
@@ -176,10 +185,13 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   _validate_edit(c.edit)
   _validate_eval(c.eval)
   _validate_mesh(c.mesh)
+  _validate_upsampler(c)
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
-  for name in ("name", "train_split", "test_split"):
+  if not isinstance(d.name, str):
+    _fail("data.name", d.name, "give a TFDS name, e.g. 'mnist', or '' for none.")
+  for name in ("train_split", "test_split"):
     if not (isinstance(d[name], str) and d[name].strip()):
       _fail(f"data.{name}", d[name], "give a TFDS name or split, e.g. 'mnist' or 'train[:2048]'.")
   if not isinstance(d.data_dir, str):
@@ -251,6 +263,9 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _fail("model.learn_sigma", m.learn_sigma, "the hybrid loss and samplers need the learned-range variance.")
   if not isinstance(m.inpaint, bool):
     _fail("model.inpaint", m.inpaint, "give True (an inpainting model) or False.")
+  if not (_is_int(m.low_res_size) and 0 <= m.low_res_size < d.image_size):
+    _fail("model.low_res_size", m.low_res_size, f"give 0 (not an upsampler) or the low-resolution size, below "
+          f"data.image_size ({d.image_size}).")
   if m.attention_impl == "cudnn":
     dtype = model_config.resolve_kernels(m)["dtype"]
     heads = (m.num_head_channels, m.xf_width // m.xf_heads)
@@ -306,6 +321,12 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
     _fail("train.init_from", t.init_from, "give the workdir of a base run, or '' to start from random weights.")
 
 
+def _validate_upsampler(c: ml_collections.ConfigDict) -> None:
+  if c.model.low_res_size and c.train.sample_every:
+    _fail("train.sample_every", c.train.sample_every, "an upsampler's samples need a base model's: set it to 0 "
+          "and sample the cascade with --mode=sample and config.sample.base_workdir.")
+
+
 def _validate_edit(e: ml_collections.ConfigDict) -> None:
   for name, example in (("images", "'test:0,1,2' or 'digit.png'"), ("mask", "'bottom' or 'box:0,16,32,32'")):
     if not (isinstance(e[name], str) and e[name].strip()):
@@ -353,6 +374,10 @@ def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
     _fail("sample.prompt_file", s.prompt_file, "give the path of a UTF-8 file with one prompt per line, or ''.")
   if s.prompt_file:
     read_prompt_file(s.prompt_file)
+  if not isinstance(s.base_workdir, str):
+    _fail("sample.base_workdir", s.base_workdir, "give the base model's workdir (for an upsampler), or ''.")
+  if not (_is_number(s.upsample_temp) and 0 < s.upsample_temp <= 2):
+    _fail("sample.upsample_temp", s.upsample_temp, "give the initial noise's scale, in (0, 2], e.g. 0.997.")
 
 
 def _validate_eval(e: ml_collections.ConfigDict) -> None:

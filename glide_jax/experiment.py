@@ -17,7 +17,7 @@ import numpy as np
 
 from glide_jax import data as data_lib
 from glide_jax import sharding as sharding_lib
-from glide_jax.config import num_microbatches, validate_config
+from glide_jax.config import default_config, num_microbatches, validate_config
 from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.errors import UserError
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer
@@ -52,6 +52,27 @@ class Experiment:
     self.init_fn, self.state_shardings = make_sharded_init(self.mesh, self.model, self.optimizer,
                                                            stream_key(config.seed, "init"))
     self.abstract_state = ckpt_lib.abstract_with_shardings(jax.eval_shape(self.init_fn), self.state_shardings)
+
+  @classmethod
+  def from_workdir(cls, workdir: str, mesh: Optional[jax.sharding.Mesh] = None) -> "Experiment":
+    """The Experiment of another run, built from the config saved with its latest checkpoint."""
+    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+    if not os.path.isdir(directory):
+      raise UserError(f"{workdir} holds no model (no checkpoints/ in it); give the workdir of a trained or "
+                      f"converted run.")
+    checkpointer = ckpt_lib.Checkpointer(directory, read_only=True)
+    try:
+      saved = checkpointer.saved_config()
+    finally:
+      checkpointer.close()
+    return cls(ckpt_lib.config_from_json(saved, default_config()), workdir, mesh=mesh)
+
+  def require_not_upsampler(self, mode: str) -> None:
+    """A UserError for modes that generate from prompts alone, when this model is an upsampler."""
+    if self.model_config.super_res:
+      raise UserError(f"{mode} needs a model that generates from prompts; this config is an upsampler "
+                      f"(model.low_res_size={self.model_config.low_res_size}). Use its base model's workdir and "
+                      f"config, or --mode=sample here for the cascade.")
 
   # --- The workdir and its checkpoints -----------------------------------------------------------------
 
@@ -162,10 +183,12 @@ class Experiment:
     """The dataset's class words ("zero" … "nine" for MNIST), from its metadata alone."""
     return data_lib.class_names_of(self.config.data)
 
-  def make_sampler(self, sampler: str = "ddpm", respacing: str = "", eta: float = 0.0) -> GuidedSampler:
-    """A compiled guided sampler over this model and mesh ("ddpm" or "ddim", respaced as given)."""
+  def make_sampler(self, sampler: str = "ddpm", respacing: str = "", eta: float = 0.0,
+                   temperature: float = 1.0) -> GuidedSampler:
+    """A compiled guided sampler over this model and mesh ("ddpm" or "ddim", respaced as given, initial
+    noise scaled by `temperature`)."""
     return GuidedSampler(model=self.model, base_diffusion=self.diffusion, sampler=sampler, respacing=respacing,
-                         eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh)
+                         eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh, temperature=temperature)
 
   def sample_grid(self, sampler: GuidedSampler, params: Any, prompts: Sequence[str], scales: Sequence[float],
                   num_per_prompt: int, rng: jax.Array) -> np.ndarray:

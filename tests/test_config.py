@@ -62,7 +62,11 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
 
 @pytest.mark.parametrize("field,value,named", [
     ("data.channels", 2, "data.channels"),
-    ("data.name", "", "data.name"),
+    ("data.name", None, "data.name"),
+    ("model.low_res_size", 32, "model.low_res_size"),     # Not below data.image_size (32).
+    ("model.low_res_size", -1, "model.low_res_size"),
+    ("sample.upsample_temp", 0.0, "sample.upsample_temp"),
+    ("sample.base_workdir", None, "sample.base_workdir"),
     ("data.prompt_templates", ("{digit}",), "data.prompt_templates"),  # Only {name} and {label} exist.
     ("data.image_size", 30, "data.image_size"),           # 4 levels need a multiple of 8.
     ("model.channel_mult", (), "model.channel_mult"),
@@ -121,6 +125,15 @@ def test_invalid_value_names_the_field(field, value, named):
     validate_config(config)
   assert isinstance(info.value, UserError)
   assert "is invalid" in str(info.value)
+
+
+def test_an_upsampler_cannot_sample_during_training():
+  config = default_config()
+  config.model.low_res_size = 16
+  validate_config(config)
+  config.train.sample_every = 100
+  with pytest.raises(ConfigError, match=r"train.sample_every.*upsampler's samples need a base model's"):
+    validate_config(config)
 
 
 def test_the_message_shows_the_bad_value_and_the_fix():

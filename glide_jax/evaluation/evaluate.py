@@ -39,6 +39,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.model.inpaint:
     return evaluate_edits(config, workdir)
   exp = Experiment(config, workdir)
+  exp.require_not_upsampler("--mode=eval")
   workdir = exp.open_workdir(create=False)
   s, e = config.sample, config.eval
   scales = guidance_scales(s)

@@ -48,6 +48,7 @@ def methods_to_compare(config: ml_collections.ConfigDict, workdir: str) -> list[
 def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Edits and scores the test digits with every method and scale; returns the report it writes."""
   runs = methods_to_compare(config, workdir)
+  runs[0][1].require_not_upsampler("--mode=eval_edit")
   workdir = runs[0][1].open_workdir(create=False)
   for _, exp in runs[1:]:
     exp.open_workdir(create=False)

@@ -14,21 +14,24 @@ from glide_jax.sampling.guided import GuidedSampler
 
 def sample_in_batches(sampler: GuidedSampler, params: Any, tokens: np.ndarray, mask: np.ndarray,
                       scales: np.ndarray, rng: jax.Array, batch_size: int, num_devices: int,
-                      images: Optional[np.ndarray] = None, known: Optional[np.ndarray] = None) -> np.ndarray:
+                      images: Optional[np.ndarray] = None, known: Optional[np.ndarray] = None,
+                      low_res: Optional[np.ndarray] = None) -> np.ndarray:
   """Images [N, H, W, C] in [−1, 1] for N rows, in batches padded to a multiple of the device count; with
-  `images` and `known` ([N, H, W, C] and [N, H, W, 1]), edits of those images.
+  `images` and `known` ([N, H, W, C] and [N, H, W, 1]), edits of those images; an upsampler enlarges
+  `low_res` [N, h, w, C].
 
   Batch i draws from fold_in(rng, i), so the result depends on batch_size but not on the device count.
   """
   step = max(num_devices, batch_size // num_devices * num_devices)
-  rows = (tokens, mask, scales) + (() if images is None else (images, known))
+  extra = {k: v for k, v in (("image", images), ("known", known), ("low_res", low_res)) if v is not None}
   outputs = []
   for i, start in enumerate(range(0, len(tokens), step)):
     sl = slice(start, start + step)
     n = len(tokens[sl])
     pad = (-n) % num_devices
-    t, m, s, *edit = (np.concatenate([a[sl], np.repeat(a[sl][-1:], pad, axis=0)]) for a in rows)
-    x = sampler(params, t, m, s, jax.random.fold_in(rng, i), *edit)
+    padded = lambda a: np.concatenate([a[sl], np.repeat(a[sl][-1:], pad, axis=0)])  # noqa: E731
+    x = sampler(params, padded(tokens), padded(mask), padded(scales), jax.random.fold_in(rng, i),
+                **{k: padded(v) for k, v in extra.items()})
     outputs.append(sharding_lib.to_host(x)[:n])
   return np.concatenate(outputs)
 

@@ -24,21 +24,17 @@ from glide_jax.model import Text2ImUNet
 
 
 def guided_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusion, xf_out: jax.Array,
-                    xf_proj: jax.Array, scales: jax.Array, inpaint_image: Optional[jax.Array] = None,
-                    inpaint_mask: Optional[jax.Array] = None) -> ModelFn:
+                    xf_proj: jax.Array, scales: jax.Array, **extra_inputs: jax.Array) -> ModelFn:
   """The classifier-free-guided network: rows of xf_* interleave (conditional, unconditional) per sample.
-  An inpainting model sees the known image and mask in both halves."""
+  Both halves see the same extra inputs (an inpainting model's image and mask, an upsampler's low_res)."""
   timestep_map = jnp.asarray(diffusion.timestep_map)
-  inpaint = {}
-  if inpaint_image is not None:
-    inpaint = {"inpaint_image": jnp.repeat(inpaint_image, 2, axis=0),
-               "inpaint_mask": jnp.repeat(inpaint_mask, 2, axis=0)}
+  extra_inputs = {k: jnp.repeat(v, 2, axis=0) for k, v in extra_inputs.items()}
 
   def fn(x: jax.Array, t: jax.Array) -> jax.Array:
     b, c = x.shape[0], x.shape[-1]
     x2 = jnp.repeat(x, 2, axis=0)  # Both halves see the same x_t.
     out = model.apply({"params": params}, x2, jnp.repeat(timestep_map[t], 2), xf_out, xf_proj,
-                      method=Text2ImUNet.denoise, **inpaint)
+                      method=Text2ImUNet.denoise, **extra_inputs)
     out = out.reshape(b, 2, *out.shape[1:])
     cond, uncond = out[:, 0], out[:, 1]
     s = scales.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
@@ -52,7 +48,8 @@ def guided_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusio
 class GuidedSampler:
   """Compiled classifier-free-guided sampler for a model and a (possibly respaced) process.
 
-  sampler: "ddpm" (ancestral) or "ddim"; respacing: "" (all T steps), "100", "10,10,3,2,2", "ddim50"...
+  sampler: "ddpm" (ancestral) or "ddim"; respacing: "" (all T steps), "100", "10,10,3,2,2", "ddim50"...;
+  temperature: the scale of the initial noise x_T (glide-text2im's upsampler uses 0.997).
   """
 
   model: Text2ImUNet
@@ -62,6 +59,7 @@ class GuidedSampler:
   eta: float = 0.0
   pad_id: int = 256
   mesh: Optional[Mesh] = None
+  temperature: float = 1.0
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -73,14 +71,14 @@ class GuidedSampler:
       self._sample = jax.jit(self._sample_impl)
     else:
       batch, rep = sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh)
-      self._sample = jax.jit(self._sample_impl, in_shardings=(None, batch, batch, batch, rep, batch, batch),
+      self._sample = jax.jit(self._sample_impl, in_shardings=(None, batch, batch, batch, rep, batch, batch, batch),
                              out_shardings=batch)
 
   @property
   def num_steps(self) -> int:
     return self.diffusion.num_timesteps
 
-  def _sample_impl(self, params, tokens, mask, scales, rng, image=None, known=None):
+  def _sample_impl(self, params, tokens, mask, scales, rng, image=None, known=None, low_res=None):
     b = tokens.shape[0]
     empty_tokens = jnp.full_like(tokens, self.pad_id)
     both_tokens = jnp.stack([tokens, empty_tokens], axis=1).reshape(2 * b, -1)
@@ -90,26 +88,30 @@ class GuidedSampler:
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (b, c.image_size, c.image_size, c.in_channels)
-    x_T = jax.random.normal(init_rng, shape, jnp.float32)
+    x_T = self.temperature * jax.random.normal(init_rng, shape, jnp.float32)
+    extra_inputs = {} if low_res is None else {"low_res": low_res}
     if known is None:
-      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales)
+      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, **extra_inputs)
       return sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta)
     if c.inpaint:  # The model sees the known part; x̂_0 keeps it at every step.
-      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, image, known)
+      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, inpaint_image=image,
+                                 inpaint_mask=known, **extra_inputs)
       x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta,
                       denoised_fn=known_region.keep_known_xstart(image, known))
     else:  # An ordinary model: the replacement method.
-      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales)
+      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, **extra_inputs)
       x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta,
                       after_step=known_region.replace_known(self.diffusion, image, known, loop_rng))
     return known_region.paste_known(x, image, known)
 
   def __call__(self, params: Any, tokens: np.ndarray, mask: np.ndarray, scales: np.ndarray,
-               rng: jax.Array, image: Optional[np.ndarray] = None, known: Optional[np.ndarray] = None) -> jax.Array:
+               rng: jax.Array, image: Optional[np.ndarray] = None, known: Optional[np.ndarray] = None,
+               low_res: Optional[np.ndarray] = None) -> jax.Array:
     """Images [B, H, W, C] in [−1, 1] for prompts (tokens, mask) [B, L] at per-sample guidance scales [B].
 
     Editing: `image` [B, H, W, C] in [−1, 1] and `known` [B, H, W, 1] (1 = keep) regenerate only where
-    known is 0, with an inpainting model as glide-text2im does, else by the replacement method.
+    known is 0, with an inpainting model as glide-text2im does, else by the replacement method. An
+    upsampler takes `low_res` [B, h, w, C] in [−1, 1], the images to enlarge.
     """
     scales = np.asarray(scales, np.float32)
     if scales.shape != (tokens.shape[0],):
@@ -120,8 +122,11 @@ class GuidedSampler:
       sharding_lib.check_batch_divisible(tokens.shape[0], self.mesh, "the sampling batch")
     if (image is None) != (known is None):
       raise ValueError("Editing needs both the image and the known-pixel mask.")
+    if self.model.config.super_res != (low_res is not None):
+      raise ValueError("An upsampler samples from low-resolution images (low_res), and only an upsampler does.")
     edit = (None, None) if image is None else (jnp.asarray(image, jnp.float32), jnp.asarray(known, jnp.float32))
-    args = (params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(scales), rng, *edit)
+    low_res = None if low_res is None else jnp.asarray(low_res, jnp.float32)
+    args = (params, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(scales), rng, *edit, low_res)
     if jax.process_count() > 1:  # Compiled on every process before any runs (see compiled_for_all_processes).
       key = tuple(None if x is None else (x.shape, x.dtype) for x in args[1:4] + args[5:])
       if key not in self._compiled:

@@ -12,6 +12,7 @@ from glide_jax.config import guidance_scales
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import images as images_lib
+from glide_jax.sampling.cascade import sample_cascade_grid
 from glide_jax.sampling.prompts import class_of_prompt, parse_prompts
 
 
@@ -19,7 +20,8 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   """Samples the guidance sweep from workdir's latest checkpoint; returns the paths written.
 
   One grid per guidance scale (a column per prompt, a row per repeat), guidance_sweep.png (a row per
-  prompt, a column per scale, labelled) and samples.npz, all in workdir/samples.
+  prompt, a column per scale, labelled) and samples.npz, all in workdir/samples. An upsampler's workdir
+  samples the cascade (see glide_jax.sampling.cascade); samples.npz then also holds the base samples.
   """
   exp = Experiment(config, workdir)
   workdir = exp.open_workdir(create=False)
@@ -28,8 +30,13 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   prompts = parse_prompts(s, class_names)
   scales = guidance_scales(s)
   params, step = exp.load_params(s.use_ema)
-  sampler = exp.make_sampler(s.sampler, s.respacing, s.ddim_eta)
-  grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"))
+  low_res = None
+  if exp.model_config.super_res:  # The cascade: the base run's samples, enlarged.
+    low_res, grid = sample_cascade_grid(exp, params, prompts, scales, s.num_per_prompt,
+                                        stream_key(config.seed, "sample"))
+  else:
+    sampler = exp.make_sampler(s.sampler, s.respacing, s.ddim_eta)
+    grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"))
   paths = {}
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "samples")
@@ -47,7 +54,8 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str
         paths["npz"], images=grid.reshape(-1, *grid.shape[3:]),
         prompts=np.repeat(np.array(prompts), n_scales * k),
         digits=np.repeat(np.array([class_of_prompt(q, class_names) for q in prompts]), n_scales * k),
-        guidance=np.tile(np.repeat(np.array(scales, np.float32), k), p), step=step)
+        guidance=np.tile(np.repeat(np.array(scales, np.float32), k), p), step=step,
+        **({} if low_res is None else {"low_res": low_res.reshape(-1, *low_res.shape[3:])}))
     print(f"Wrote {len(scales)} grids, {paths['figure']} and {paths['npz']} (checkpoint step {step}, "
           f"{'EMA' if s.use_ema else 'raw'} parameters).", flush=True)
   return paths

@@ -24,6 +24,25 @@ def config_to_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json())
 
 
+def config_from_json(saved: dict, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`defaults` with every field a saved config sets (JSON lists as tuples); fields the saved config lacks
+  keep their defaults, and fields it has that no longer exist are dropped."""
+  config = defaults.copy_and_resolve_references()
+
+  def update(target: ml_collections.ConfigDict, values: dict) -> None:
+    for key, value in values.items():
+      if key not in target:
+        continue
+      if isinstance(target[key], ml_collections.ConfigDict) and isinstance(value, dict):
+        update(target[key], value)
+      else:
+        target[key] = tuple(value) if isinstance(value, list) else value
+
+  with config.unlocked():
+    update(config, saved)
+  return config
+
+
 def _disk_full_is_a_user_error(method):
   """Checkpointer methods that write: a full disk becomes a UserError naming the checkpoint that is intact."""
   @functools.wraps(method)
@@ -72,6 +91,13 @@ class Checkpointer:
     return self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
+  def saved_config(self, step: Optional[int] = None) -> dict:
+    """The config saved with the checkpoint at `step` (default: the latest), as a dict."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f"No checkpoint in {self.directory}: train (or convert) a model there first.")
+    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
   def restore(self, abstract_state: Any, step: Optional[int] = None,
               check_config: Optional[Callable[[dict], None]] = None) -> tuple[Any, dict]:
     """(state laid out as `abstract_state`'s shardings, the saved config as a dict) at `step` or the latest.
@@ -83,7 +109,7 @@ class Checkpointer:
     if step is None:
       raise UserError(f"No checkpoint in {self.directory}: train first with --mode=train and the same --workdir.")
     if check_config is not None:
-      check_config(self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"])
+      check_config(self.saved_config(step))
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
     return restored["state"], restored["config"]
@@ -153,7 +179,7 @@ def abstract_with_shardings(abstract_state: Any, shardings: Any) -> Any:
 MODEL_FIELDS = ("model", "diffusion", "data.image_size", "data.channels")
 COMPUTE_ONLY_FIELDS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 # Model fields added after checkpoints were first written, with the value an older checkpoint meant.
-ADDED_FIELD_DEFAULTS = {"model.inpaint": False}
+ADDED_FIELD_DEFAULTS = {"model.inpaint": False, "model.low_res_size": 0}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
