@@ -184,11 +184,12 @@ class Experiment:
     return data_lib.class_names_of(self.config.data)
 
   def make_sampler(self, sampler: str = "ddpm", respacing: str = "", eta: float = 0.0,
-                   temperature: float = 1.0) -> GuidedSampler:
-    """A compiled guided sampler over this model and mesh ("ddpm" or "ddim", respaced as given, initial
-    noise scaled by `temperature`)."""
+                   temperature: float = 1.0, guided: bool = True) -> GuidedSampler:
+    """A compiled sampler over this model and mesh ("ddpm" or "ddim", respaced as given, initial noise
+    scaled by `temperature`), classifier-free guided unless `guided` is False."""
     return GuidedSampler(model=self.model, base_diffusion=self.diffusion, sampler=sampler, respacing=respacing,
-                         eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh, temperature=temperature)
+                         eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh, temperature=temperature,
+                         guided=guided)
 
   def sample_grid(self, sampler: GuidedSampler, params: Any, prompts: Sequence[str], scales: Sequence[float],
                   num_per_prompt: int, rng: jax.Array) -> np.ndarray:

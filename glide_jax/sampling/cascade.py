@@ -35,7 +35,7 @@ def upsample(upsampler: Experiment, params: Any, low_res: np.ndarray, prompts: S
   """uint8 [N, H, W, C]: each uint8 image of `low_res` [N, h, w, C] enlarged for its prompt, as
   glide-text2im does: from the 8-bit images, conditional (no guidance), x_T at config.sample.upsample_temp."""
   s = upsampler.config.sample
-  sampler = upsampler.make_sampler(s.sampler, s.respacing, s.ddim_eta, temperature=s.upsample_temp)
+  sampler = upsampler.make_sampler(s.sampler, s.respacing, s.ddim_eta, temperature=s.upsample_temp, guided=False)
   tokens, mask = upsampler.tokenizer.tokenize_batch(list(prompts), upsampler.config.model.text_ctx)
   flat = batched.sample_in_batches(sampler, params, tokens, mask, np.ones((len(prompts),), np.float32), rng,
                                    s.batch_size, upsampler.mesh.size, low_res=data_lib.to_model_range(low_res))

@@ -9,6 +9,7 @@ an input array, so one compiled sampler serves every scale.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -44,12 +45,25 @@ def guided_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusio
   return fn
 
 
+def conditional_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusion, xf_out: jax.Array,
+                         xf_proj: jax.Array, **extra_inputs: jax.Array) -> ModelFn:
+  """The conditional network alone (no guidance: one forward pass per sample, as glide-text2im's upsampler)."""
+  timestep_map = jnp.asarray(diffusion.timestep_map)
+
+  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    return model.apply({"params": params}, x, timestep_map[t], xf_out, xf_proj, method=Text2ImUNet.denoise,
+                       **extra_inputs)
+
+  return fn
+
+
 @dataclasses.dataclass
 class GuidedSampler:
   """Compiled classifier-free-guided sampler for a model and a (possibly respaced) process.
 
   sampler: "ddpm" (ancestral) or "ddim"; respacing: "" (all T steps), "100", "10,10,3,2,2", "ddim50"...;
-  temperature: the scale of the initial noise x_T (glide-text2im's upsampler uses 0.997).
+  temperature: the scale of the initial noise x_T (glide-text2im's upsampler uses 0.997); guided=False:
+  the conditional model alone, at half the cost (the guidance scales are then ignored).
   """
 
   model: Text2ImUNet
@@ -60,6 +74,7 @@ class GuidedSampler:
   pad_id: int = 256
   mesh: Optional[Mesh] = None
   temperature: float = 1.0
+  guided: bool = True
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -80,26 +95,28 @@ class GuidedSampler:
 
   def _sample_impl(self, params, tokens, mask, scales, rng, image=None, known=None, low_res=None):
     b = tokens.shape[0]
-    empty_tokens = jnp.full_like(tokens, self.pad_id)
-    both_tokens = jnp.stack([tokens, empty_tokens], axis=1).reshape(2 * b, -1)
-    both_mask = jnp.stack([mask, jnp.zeros_like(mask)], axis=1).reshape(2 * b, -1)
-    xf_out, xf_proj = self.model.apply({"params": params}, both_tokens, both_mask,
-                                       method=Text2ImUNet.encode_text)
+    if self.guided:
+      empty_tokens = jnp.full_like(tokens, self.pad_id)
+      tokens = jnp.stack([tokens, empty_tokens], axis=1).reshape(2 * b, -1)
+      mask = jnp.stack([mask, jnp.zeros_like(mask)], axis=1).reshape(2 * b, -1)
+    xf_out, xf_proj = self.model.apply({"params": params}, tokens, mask, method=Text2ImUNet.encode_text)
+    if self.guided:
+      make_model_fn = functools.partial(guided_model_fn, self.model, params, self.diffusion, xf_out, xf_proj, scales)
+    else:
+      make_model_fn = functools.partial(conditional_model_fn, self.model, params, self.diffusion, xf_out, xf_proj)
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (b, c.image_size, c.image_size, c.in_channels)
     x_T = self.temperature * jax.random.normal(init_rng, shape, jnp.float32)
     extra_inputs = {} if low_res is None else {"low_res": low_res}
     if known is None:
-      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, **extra_inputs)
-      return sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta)
+      return sample_loop(make_model_fn(**extra_inputs), self.diffusion, x_T, loop_rng, self.sampler, self.eta)
     if c.inpaint:  # The model sees the known part; x̂_0 keeps it at every step.
-      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, inpaint_image=image,
-                                 inpaint_mask=known, **extra_inputs)
+      model_fn = make_model_fn(inpaint_image=image, inpaint_mask=known, **extra_inputs)
       x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta,
                       denoised_fn=known_region.keep_known_xstart(image, known))
     else:  # An ordinary model: the replacement method.
-      model_fn = guided_model_fn(self.model, params, self.diffusion, xf_out, xf_proj, scales, **extra_inputs)
+      model_fn = make_model_fn(**extra_inputs)
       x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, self.sampler, self.eta,
                       after_step=known_region.replace_known(self.diffusion, image, known, loop_rng))
     return known_region.paste_known(x, image, known)

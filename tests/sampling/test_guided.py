@@ -4,6 +4,7 @@ References here are written independently of glide_jax.sampling: a plain Python 
 two separate forward passes (conditional, empty prompt) per step, and the formulas of the reference doc.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -163,6 +164,9 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(setup, ddpm
   mixed = sample(sampler, setup, [0.0, 1.0], seed=5)
   np.testing.assert_allclose(mixed[0], uncond_eps[0], atol=1e-5, rtol=0)
   np.testing.assert_allclose(mixed[1], conditional[1], atol=1e-5, rtol=0)
+  # The unguided sampler (one forward pass per sample) is the conditional one, at any scale.
+  unguided = dataclasses.replace(sampler, guided=False)
+  np.testing.assert_allclose(sample(unguided, setup, [7.0, 0.0], seed=5), conditional, atol=1e-5, rtol=0)
   # Guidance above 1 extrapolates away from the conditional sample.
   assert np.abs(sample(sampler, setup, [4.0, 4.0], seed=5) - conditional).max() > 0.05
 
