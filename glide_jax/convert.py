@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Optional
 
 import jax
 import ml_collections
+import numpy as np
 
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
@@ -23,13 +25,11 @@ from glide_jax.released.state_dict_file import read_state_dict
 from glide_jax.train.step import init_state_from_params
 
 
-def convert_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workdir: str) -> int:
-  """Writes `checkpoint`'s parameters as step 0 of `workdir` (parameters and EMA alike) for `config`'s
+def convert_checkpoint(config: ml_collections.ConfigDict, state_dict: dict[str, np.ndarray], workdir: str) -> int:
+  """Writes a state dict's parameters as step 0 of `workdir` (parameters and EMA alike) for `config`'s
   model; returns the number of parameters. A workdir that already holds checkpoints is left alone."""
-  state_dict, _ = read_state_dict(checkpoint)
   exp = Experiment(config, workdir)
   params = convert_state_dict(state_dict, exp.abstract_state.params)
-  del state_dict
   checkpointer = exp.checkpointer()
   try:
     if checkpointer.latest_step() is not None:
@@ -42,11 +42,10 @@ def convert_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, workd
   return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
 
 
-def config_for(model: str, checkpoint: str) -> ml_collections.ConfigDict:
-  """The released model's config; a file that records its own model options (an .npz such as the
-  reference goldens) gets those instead."""
+def config_for(model: str, options: Optional[dict] = None) -> ml_collections.ConfigDict:
+  """The released model's config, or the model options a file records (an .npz such as the reference
+  goldens) when it has them."""
   config = glide_config(model)
-  _, options = read_state_dict(checkpoint) if checkpoint.lower().endswith(".npz") else (None, None)
   if options is not None:
     apply_glide_options(config, options)
   return config
@@ -60,8 +59,8 @@ def main(argv: list[str]) -> None:
   use_all_cpu_cores()
   f = flags.FLAGS
   try:
-    config = config_for(f.model, f.checkpoint)
-    count = convert_checkpoint(config, f.checkpoint, f.workdir)
+    state_dict, options = read_state_dict(f.checkpoint)
+    count = convert_checkpoint(config_for(f.model, options), state_dict, f.workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

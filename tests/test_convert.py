@@ -43,7 +43,7 @@ def converted(tmp_path_factory):
 def test_the_converted_workdir_holds_the_reference_model(converted):
   workdir, stdout = converted
   assert "parameters) into" in stdout and "--mode=sample" in stdout
-  config = config_for("base", GOLDEN_BASE)
+  config = config_for("base", read_state_dict(GOLDEN_BASE)[1])
   exp = Experiment(config, workdir)
   params, step = exp.load_params(use_ema=True)
   raw, _ = exp.load_params(use_ema=False)
@@ -63,7 +63,7 @@ def test_the_converted_workdir_holds_the_reference_model(converted):
 @needs_goldens
 def test_sampling_uses_the_converted_workdir(converted):
   workdir, _ = converted
-  config = config_for("base", GOLDEN_BASE)
+  config = config_for("base", read_state_dict(GOLDEN_BASE)[1])
   config.sample.prompts = "an oil painting of a corgi"
   config.sample.respacing = "2"
   config.sample.guidance_scales = (3.0,)
@@ -75,10 +75,11 @@ def test_sampling_uses_the_converted_workdir(converted):
 @needs_goldens
 def test_a_converted_inpainting_model_edits_a_png(tmp_path):
   checkpoint = GOLDEN_BASE.replace("base.npz", "base-inpaint.npz")
-  config = config_for("base-inpaint", checkpoint)
+  state_dict, options = read_state_dict(checkpoint)
+  config = config_for("base-inpaint", options)
   assert config.model.inpaint and config.data.name == ""
   workdir = str(tmp_path / "inpaint")
-  assert convert_checkpoint(config, checkpoint, workdir) > 0
+  assert convert_checkpoint(config, state_dict, workdir) > 0
   photo = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
   Image.fromarray(photo).save(tmp_path / "photo.png")
   config.edit.images, config.edit.mask = str(tmp_path / "photo.png"), "bottom"
