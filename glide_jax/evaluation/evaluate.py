@@ -8,7 +8,8 @@ checkpoint's EMA parameters. The same noise is used at every scale (paired compa
 For reference: **floor**, the FID of real training images (as many as the test split, at most 10,000)
 against the test split, the best a model can do at that sample size; and **real**, a class-balanced
 training subset of exactly the samples' size scored like the samples (FID is biased upwards at small
-sample sizes, so compare a scale's FID with this one). Written to workdir/eval/eval.json and eval.png.
+sample sizes, so compare a scale's FID with this one). Written to workdir/eval/eval.json and eval.png; the
+scored images to workdir/eval/samples.npz (`samples_file`), for rescoring with another classifier.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.evaluate_edit import evaluate_edits
 from glide_jax.evaluation.metrics import Scorer, balanced_subset
 from glide_jax.evaluation.report import format_table, json_safe, plot, save_report
+from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 
@@ -44,7 +46,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   s, e = config.sample, config.eval
   scales = guidance_scales(s)
   params, step = exp.load_params(s.use_ema)
-  sampler = exp.make_sampler(s.sampler, s.respacing, s.ddim_eta)
+  sampler = exp.configured_sampler()
   is_main = jax.process_index() == 0
 
   classifier = get_or_train_classifier(config, verbose=is_main)
@@ -61,7 +63,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   k = e.samples_per_digit
   labels = np.repeat(np.arange(num_classes), k)
-  results = []
+  results, all_images = [], []
   if is_main:
     print(f"Evaluating step {step}: {k} samples for each of {num_classes} prompts at {len(scales)} guidance "
           f"scale(s), {s.sampler} with {sampler.num_steps} steps.", flush=True)
@@ -70,6 +72,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # The same key at every scale: sample i starts from the same noise whatever the scale.
     grid = exp.sample_grid(sampler, params, class_names, [scale], k, stream_key(config.seed, "eval"))
     images = grid[:, 0].reshape(num_classes * k, *grid.shape[3:])
+    all_images.append(images)
     result = {"guidance_scale": scale, **scorer(images, labels)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     results.append(result)
@@ -80,7 +83,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = json_safe({
       "step": step,
       "config": {"sampler": s.sampler, "respacing": s.respacing, "sampling_steps": sampler.num_steps,
-                 "ddim_eta": float(s.ddim_eta), "use_ema": bool(s.use_ema), "samples_per_digit": k,
+                 "ddim_eta": float(s.ddim_eta), "guidance_interval": list(s.guidance_interval),
+                 "use_ema": bool(s.use_ema), "samples_per_digit": k,
                  "guidance_scales": scales, "seed": config.seed, "dataset": config.data.name,
                  "image_size": config.data.image_size, "test_split": config.data.test_split,
                  "train_split": config.data.train_split},
@@ -91,5 +95,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "results": results,
   })
   if is_main:
+    save_samples(os.path.join(workdir, "eval", "samples.npz"), np.concatenate(all_images), np.tile(labels, len(scales)),
+                 np.repeat(np.asarray(scales, np.float32), len(labels)), class_names)
     save_report(report, os.path.join(workdir, "eval"), "eval", plot, format_table(report))
   return report

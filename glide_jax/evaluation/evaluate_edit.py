@@ -5,10 +5,11 @@ prompt of another class, (label + 1) mod the number of classes, at every scale o
 guidance_scales. Per method and scale: **edit accuracy** (the classifier reads the prompted class),
 **kept class** (it still reads the original one), **known-region error** (the largest |edit − original| at
 uint8 over the kept pixels; 0 by construction) and the **classifier FID** of the edited images against
-the test split. The methods: this workdir's model (an inpainting model, or the replacement method for any
-other), and for an inpainting run also the replacement method on its base run (config.edit.base_workdir,
-else config.train.init_from), side by side, with the same noise. Written to workdir/eval/edit_eval.json and
-edit_eval.png.
+the test split; the edit accuracy also per prompted class. The methods: this workdir's model (an
+inpainting model, or the replacement method for any other), and for an inpainting run also the replacement
+method on its base run (config.edit.base_workdir, else config.train.init_from), side by side, with the same
+noise. Written to workdir/eval/edit_eval.json and edit_eval.png, the edited images to edit_samples.npz
+(`samples_file`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
 from glide_jax.editing.edit import edit_method, known_region_error
 from glide_jax.editing.inputs import load_known_mask
+from glide_jax.evaluation import metrics
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
-from glide_jax.evaluation.metrics import Scorer
 from glide_jax.evaluation.report import format_edit_table, json_safe, plot_edits, save_report
+from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
@@ -63,13 +65,13 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
   targets = (labels + 1) % num_classes
   known = np.broadcast_to(load_known_mask(e.mask, config.data.image_size, config.data.image_size),
                           (n, config.data.image_size, config.data.image_size, 1)).copy()
-  scorer = Scorer(classifier, test, config.eval.batch_size)
+  scorer = metrics.Scorer(classifier, test, config.eval.batch_size)
   tokenizer = runs[0][1].tokenizer
   tokens, mask = tokenizer.tokenize_batch(list(test.class_names), config.model.text_ctx)
-  results, steps = [], {}
+  results, steps, rows = [], {}, []
   for method, exp in runs:
     params, steps[method] = exp.load_params(s.use_ema)
-    sampler = exp.make_sampler(s.sampler, s.respacing, s.ddim_eta)
+    sampler = exp.configured_sampler()
     if is_main:
       print(f"Editing {n} test images ({e.mask!r} regenerated as the next class) by the {method} "
             f"(step {steps[method]}, {exp.workdir}), {s.sampler} with {sampler.num_steps} steps.", flush=True)
@@ -81,9 +83,11 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
           stream_key(config.seed, "eval"), s.batch_size, exp.mesh.size,
           images=data_lib.to_model_range(originals), known=known)
       edits = images_lib.to_uint8(flat)
+      rows.append((method, scale, edits))
       features, predictions = scorer.features_and_predictions(edits)
       result = {"method": method, "guidance_scale": scale,
                 "edit_accuracy": float(np.mean(predictions == targets)),
+                "per_target_accuracy": metrics.per_class_mean(predictions == targets, targets, num_classes),
                 "kept_class": float(np.mean(predictions == labels)),
                 "known_region_error": known_region_error(edits[:, None, None], originals, known),
                 "fid": scorer.fid(edits), "seconds": round(time.perf_counter() - start, 2)}
@@ -96,7 +100,8 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "steps": steps,
       "workdirs": {method: exp.workdir for method, exp in runs},
       "config": {"mask": e.mask, "num_images": n, "target": "(label + 1) mod classes", "sampler": s.sampler,
-                 "respacing": s.respacing, "use_ema": bool(s.use_ema), "guidance_scales": scales,
+                 "respacing": s.respacing, "guidance_interval": list(s.guidance_interval),
+                 "use_ema": bool(s.use_ema), "guidance_scales": scales,
                  "seed": config.seed, "dataset": config.data.name, "test_split": config.data.test_split},
       "class_names": list(test.class_names),
       "classifier": {"directory": classifier.directory, **classifier.info},
@@ -105,5 +110,8 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "results": results,
   })
   if is_main:
+    save_samples(os.path.join(workdir, "eval", "edit_samples.npz"), np.concatenate([r[2] for r in rows]),
+                 np.tile(targets, len(rows)), np.repeat([r[1] for r in rows], n), list(test.class_names),
+                 method=np.repeat([r[0] for r in rows], n), original=np.tile(labels, len(rows)))
     save_report(report, os.path.join(workdir, "eval"), "edit_eval", plot_edits, format_edit_table(report))
   return report

@@ -70,6 +70,11 @@ def mean_pairwise_distance(features: np.ndarray) -> float:
   return float(np.mean(np.sqrt(d2[i, j])))
 
 
+def per_class_mean(values: np.ndarray, classes: np.ndarray, num_classes: int) -> list[float]:
+  """[num_classes] mean of values over the rows of each class (nan for a class with no rows)."""
+  return [float(np.mean(values[classes == k])) if np.any(classes == k) else math.nan for k in range(num_classes)]
+
+
 def per_class_spread(features: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
   """[num_classes] mean pairwise feature distance within each class (nan for a class with < 2 images)."""
   return np.array([mean_pairwise_distance(features[labels == k]) for k in range(num_classes)])
@@ -98,12 +103,10 @@ class Scorer:
     labels = np.asarray(labels)
     feats, predictions = self.features_and_predictions(images)
     correct = predictions == labels
-    per_class_accuracy = [float(np.mean(correct[labels == k])) if np.any(labels == k) else math.nan
-                          for k in range(self.num_classes)]
     ratios = per_class_spread(feats, labels, self.num_classes) / self.test_spread
     return {
         "accuracy": float(np.mean(correct)),
-        "per_digit_accuracy": per_class_accuracy,
+        "per_digit_accuracy": per_class_mean(correct, labels, self.num_classes),
         "fid": frechet_distance(*feature_statistics(feats), *self.test_stats),
         "diversity": float(np.nanmean(ratios)) if np.any(np.isfinite(ratios)) else math.nan,
         "per_digit_diversity": [float(r) for r in ratios],

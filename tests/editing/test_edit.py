@@ -13,6 +13,7 @@ from glide_jax import data as data_lib
 from glide_jax.editing.edit import edit_and_save
 from glide_jax.errors import UserError
 from glide_jax.evaluation.evaluate import evaluate
+from glide_jax.evaluation.samples_file import load_samples
 from glide_jax.train.loop import train
 
 
@@ -120,3 +121,18 @@ def test_edit_evaluation_compares_the_inpainting_model_with_the_replacement_meth
     assert r["known_region_error"] == 0
     assert 0.0 <= r["edit_accuracy"] <= 1.0 and 0.0 <= r["kept_class"] <= 1.0
     assert r["fid"] > 0 and r["seconds"] > 0
+  # The edited images are saved row by row, and the per-target accuracies average to the edit accuracy.
+  saved = load_samples(os.path.join(inpaint, "eval", "edit_samples.npz"))
+  assert saved["images"].shape == (4 * 20, 16, 16, 1) and saved["images"].dtype == np.uint8
+  assert saved["method"].tolist() == ["inpainting model"] * 40 + ["replacement method"] * 20 * 2
+  np.testing.assert_array_equal(saved["guidance_scale"], np.tile(np.repeat(np.float32([0.0, 2.0]), 20), 2))
+  test = data_lib.load_dataset(config.data, config.data.test_split)
+  np.testing.assert_array_equal(saved["original"], np.tile(test.labels[:20], 4))
+  np.testing.assert_array_equal(saved["prompted"], (saved["original"] + 1) % 10)
+  bottom = np.arange(16) >= 8
+  np.testing.assert_array_equal(saved["images"][:, ~bottom], np.tile(test.images[:20], (4, 1, 1, 1))[:, ~bottom])
+  for r in report["results"]:
+    per_target = np.array(r["per_target_accuracy"], np.float64)
+    counts = np.bincount((test.labels[:20] + 1) % 10, minlength=10)
+    assert np.all(np.isnan(per_target) == (counts == 0))
+    assert np.nansum(per_target * counts) / 20 == pytest.approx(r["edit_accuracy"])

@@ -18,6 +18,7 @@ from glide_jax.evaluation import classifier_cache as cache
 from glide_jax.evaluation import evaluate as evaluate_lib
 from glide_jax.evaluation import metrics
 from glide_jax.evaluation import report as report_lib
+from glide_jax.evaluation.samples_file import load_samples
 from glide_jax.train.loop import train
 
 SCALES = (0.0, 3.0)
@@ -136,6 +137,24 @@ def test_eval_json(evaluated):
   # Two training steps give noise, not digits: much farther from the test set than real images are.
   for r in saved["results"]:
     assert r["fid"] > 2 * real["fid"] and r["fid"] > 5 * floor["fid"]
+
+
+def test_eval_samples_npz_rescores_to_the_reported_numbers(evaluated):
+  config, workdir, report = evaluated
+  saved = load_samples(os.path.join(workdir, "eval", "samples.npz"))
+  n = 10 * K
+  assert saved["images"].shape == (len(SCALES) * n, 16, 16, 1) and saved["images"].dtype == np.uint8
+  np.testing.assert_array_equal(saved["prompted"], np.tile(np.repeat(np.arange(10), K), len(SCALES)))
+  np.testing.assert_array_equal(saved["guidance_scale"], np.repeat(np.float32(SCALES), n))
+  assert saved["class_names"].tolist() == list(data_lib.DIGIT_WORDS)
+  # Anyone's classifier can rescore the file; ours gives back the report's accuracy, per scale and digit.
+  _, logits = clf.outputs(cache.load_classifier(config).params, saved["images"])
+  correct = np.argmax(logits, axis=-1) == saved["prompted"]
+  for i, r in enumerate(report["results"]):
+    rows = slice(i * n, (i + 1) * n)
+    assert r["accuracy"] == pytest.approx(np.mean(correct[rows]))
+    assert r["per_digit_accuracy"] == pytest.approx(
+        metrics.per_class_mean(correct[rows], saved["prompted"][rows], 10))
 
 
 def test_eval_png_and_cached_classifier(evaluated):

@@ -1,0 +1,31 @@
+"""The evaluation samples file: plain arrays, row-aligned, read back without unpickling."""
+
+import numpy as np
+import pytest
+
+from glide_jax.evaluation.samples_file import load_samples, save_samples
+
+
+def test_round_trip_with_extra_rows(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
+  path = str(tmp_path / "eval" / "samples.npz")
+  save_samples(path, images, [0, 1, 2, 0, 1, 2], [1.5] * 3 + [2.0] * 3, ["zero", "one", "two"],
+               method=np.array(["a"] * 6))
+  saved = load_samples(path)
+  assert sorted(saved) == ["class_names", "guidance_scale", "images", "method", "prompted"]
+  np.testing.assert_array_equal(saved["images"], images)
+  assert saved["prompted"].dtype == np.int32 and saved["prompted"].tolist() == [0, 1, 2, 0, 1, 2]
+  assert saved["guidance_scale"].dtype == np.float32 and saved["guidance_scale"].tolist() == [1.5] * 3 + [2.0] * 3
+  assert saved["class_names"].tolist() == ["zero", "one", "two"] and saved["method"].tolist() == ["a"] * 6
+  assert not any(v.dtype == object for v in saved.values())
+  assert [p.name for p in (tmp_path / "eval").iterdir()] == ["samples.npz"]  # No temporary file is left.
+
+
+def test_rows_must_line_up_and_images_be_uint8(tmp_path):
+  images = np.zeros((3, 4, 4, 1), np.uint8)
+  with pytest.raises(ValueError, match=r"prompted has \(2,\) rows, the images \(3,\)"):
+    save_samples(str(tmp_path / "a.npz"), images, [0, 1], [1.0] * 3, ["zero"])
+  with pytest.raises(ValueError, match=r"uint8 \[N, H, W, C\] images, got float32"):
+    save_samples(str(tmp_path / "b.npz"), images.astype(np.float32), [0] * 3, [1.0] * 3, ["zero"])
+  assert not list(tmp_path.iterdir())
