@@ -16,6 +16,8 @@ from glide_jax.model.tokenizer import TOKENIZER_NAMES
 from glide_jax.model.tokenizer import unavailable_reason as tokenizer_unavailable_reason
 from glide_jax.sampling.prompts import read_prompt_file, split_prompts
 
+LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule; implemented by train.step.learning_rate_schedule.
+
 
 def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
   """How many microbatches train.microbatch_size splits each batch into (1 when it is 0)."""
@@ -81,11 +83,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 10_000
   c.train.learning_rate = 2e-4
   c.train.warmup_steps = 0
+  c.train.lr_schedule = "constant"  # Or "cosine": decays to learning_rate · lr_end_factor at num_steps.
+  c.train.lr_end_factor = 0.0
   c.train.adam_b1 = 0.9
   c.train.adam_b2 = 0.99
   c.train.grad_clip = 1.0
   c.train.ema_decay = 0.9999
   c.train.p_uncond = 0.2           # Probability an example's prompt is replaced by the empty prompt.
+  c.train.min_snr_gamma = 0.0      # > 0: L_simple weighted by min(SNR, γ)/SNR (arXiv:2303.09556 uses 5); 0 = off.
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
@@ -104,6 +109,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.sampler = "ddpm"        # "ddpm" or "ddim".
   c.sample.respacing = ""          # "" = all T steps; "100", "10,10,3,2,2", "ddim50".
   c.sample.ddim_eta = 0.0
+  # Guidance only at timesteps t with lo <= t/T < hi (arXiv:2404.07724); the conditional model elsewhere.
+  c.sample.guidance_interval = (0.0, 1.0)
   c.sample.num_per_prompt = 1
   c.sample.use_ema = True
   c.sample.batch_size = 64
@@ -302,6 +309,12 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
   _check_int("train.warmup_steps", t.warmup_steps, 0)
   if not (_is_number(t.learning_rate) and t.learning_rate > 0):
     _fail("train.learning_rate", t.learning_rate, "it must be a positive number.")
+  if t.lr_schedule not in LR_SCHEDULES:
+    _fail("train.lr_schedule", t.lr_schedule, f"choose one of {LR_SCHEDULES}.")
+  if not (_is_number(t.lr_end_factor) and 0.0 <= t.lr_end_factor <= 1.0):
+    _fail("train.lr_end_factor", t.lr_end_factor, "it is a fraction of train.learning_rate, in [0, 1].")
+  if not (_is_number(t.min_snr_gamma) and t.min_snr_gamma >= 0.0):
+    _fail("train.min_snr_gamma", t.min_snr_gamma, "it must be a number >= 0 (0 = no weighting; the paper uses 5).")
   for name in ("adam_b1", "adam_b2"):
     if not (_is_number(t[name]) and 0.0 <= t[name] < 1.0):
       _fail(f"train.{name}", t[name], "Adam's decay rates are in [0, 1).")
@@ -361,6 +374,11 @@ def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
   _check_respacing("sample.respacing", s.respacing, num_timesteps)
   if not (_is_number(s.ddim_eta) and s.ddim_eta >= 0):
     _fail("sample.ddim_eta", s.ddim_eta, "it must be a finite number >= 0.")
+  interval = s.guidance_interval
+  if not (isinstance(interval, (tuple, list)) and len(interval) == 2 and all(_is_number(x) for x in interval)
+          and 0.0 <= interval[0] < interval[1] <= 1.0):
+    _fail("sample.guidance_interval", interval, "give (lo, hi) with 0 <= lo < hi <= 1, fractions of the "
+          "diffusion's timesteps, e.g. --config.sample.guidance_interval='(0.1, 0.8)'; (0., 1.) = every step.")
   _check_int("sample.num_per_prompt", s.num_per_prompt, 1)
   _check_int("sample.batch_size", s.batch_size, 1)
   if not isinstance(s.use_ema, bool):

@@ -184,12 +184,18 @@ class Experiment:
     return data_lib.class_names_of(self.config.data)
 
   def make_sampler(self, sampler: str = "ddpm", respacing: str = "", eta: float = 0.0,
-                   temperature: float = 1.0, guided: bool = True) -> GuidedSampler:
+                   temperature: float = 1.0, guided: bool = True,
+                   guidance_interval: tuple[float, float] = (0.0, 1.0)) -> GuidedSampler:
     """A compiled sampler over this model and mesh ("ddpm" or "ddim", respaced as given, initial noise
-    scaled by `temperature`), classifier-free guided unless `guided` is False."""
+    scaled by `temperature`), classifier-free guided (within guidance_interval) unless `guided` is False."""
     return GuidedSampler(model=self.model, base_diffusion=self.diffusion, sampler=sampler, respacing=respacing,
                          eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh, temperature=temperature,
-                         guided=guided)
+                         guided=guided, guidance_interval=tuple(float(x) for x in guidance_interval))
+
+  def configured_sampler(self) -> GuidedSampler:
+    """The guided sampler config.sample describes: sampler, respacing, ddim_eta and guidance_interval."""
+    s = self.config.sample
+    return self.make_sampler(s.sampler, s.respacing, s.ddim_eta, guidance_interval=s.guidance_interval)
 
   def sample_grid(self, sampler: GuidedSampler, params: Any, prompts: Sequence[str], scales: Sequence[float],
                   num_per_prompt: int, rng: jax.Array) -> np.ndarray:

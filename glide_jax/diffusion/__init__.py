@@ -6,6 +6,7 @@ from glide_jax.diffusion.losses import (
     approx_standard_normal_cdf,
     discretized_gaussian_log_likelihood,
     hybrid_loss,
+    min_snr_weight,
     normal_kl,
     vb_terms_bpd,
 )
@@ -15,6 +16,6 @@ from glide_jax.diffusion.schedules import SCHEDULE_NAMES, get_named_beta_schedul
 
 __all__ = [
     "SAMPLERS", "SCHEDULE_NAMES", "GaussianDiffusion", "approx_standard_normal_cdf", "ddim_step",
-    "discretized_gaussian_log_likelihood", "get_named_beta_schedule", "hybrid_loss", "normal_kl", "p_sample_step",
-    "respace", "sample_loop", "space_timesteps", "vb_terms_bpd",
+    "discretized_gaussian_log_likelihood", "get_named_beta_schedule", "hybrid_loss", "min_snr_weight", "normal_kl",
+    "p_sample_step", "respace", "sample_loop", "space_timesteps", "vb_terms_bpd",
 ]

@@ -58,12 +58,32 @@ def vb_terms_bpd(diffusion: GaussianDiffusion, model_output: jax.Array, x_start:
   return jnp.where(t == 0, decoder_nll, kl)
 
 
+def signal_to_noise_ratio(diffusion: GaussianDiffusion, t: jax.Array) -> jax.Array:
+  """SNR(t) = ᾱ_t / (1 − ᾱ_t) (Kingma et al. 2021, eq. 2 with α_t² = ᾱ_t), gathered as float32."""
+  alphas_cumprod = diffusion.alphas_cumprod
+  return jnp.asarray(alphas_cumprod / (1.0 - alphas_cumprod), jnp.float32)[t]
+
+
+def min_snr_weight(diffusion: GaussianDiffusion, t: jax.Array, gamma: float) -> jax.Array:
+  """Min-SNR-γ loss weight of an ε-prediction MSE: min(SNR(t), γ) / SNR(t) (Hang et al. 2023,
+  arXiv:2303.09556: their x_0 weight min(SNR, γ) expressed for ε, as ‖ε − ε̂‖² = SNR(t) ‖x_0 − x̂_0‖²).
+
+  1 where SNR(t) <= γ (the noisy steps), γ / SNR(t) < 1 on the nearly clean ones, whose easy, conflicting
+  gradients it damps. γ = 0 means off: weight 1 everywhere.
+  """
+  if gamma == 0:
+    return jnp.ones(jnp.shape(t), jnp.float32)
+  snr = signal_to_noise_ratio(diffusion, t)
+  return jnp.minimum(snr, gamma) / snr
+
+
 def hybrid_loss(diffusion: GaussianDiffusion, model_output: jax.Array, x_start: jax.Array, x_t: jax.Array,
-                t: jax.Array, noise: jax.Array) -> dict[str, jax.Array]:
+                t: jax.Array, noise: jax.Array, mse_weight: jax.Array | None = None) -> dict[str, jax.Array]:
   """L_hybrid = L_simple + (T/1000) L_vb per example (Improved DDPM eq. 16 with λ = 0.001 over T terms).
 
   `model_output` is [..., 2C] = (ε̂, v). The VB term sees stop_gradient(ε̂), so it trains only v.
-  Returns per-example "loss", "mse" and "vb".
+  `mse_weight` [B] (e.g. `min_snr_weight`) scales each example's L_simple in the loss; the VB term stays as
+  it is. Returns per-example "loss", "mse" (unweighted, comparable across weightings) and "vb".
   """
   channels = x_t.shape[-1]
   eps, v = model_output[..., :channels], model_output[..., channels:]
@@ -71,4 +91,5 @@ def hybrid_loss(diffusion: GaussianDiffusion, model_output: jax.Array, x_start: 
   vb = vb_terms_bpd(diffusion, frozen_out, x_start, x_t, t, clip_denoised=False)
   vb = vb * (diffusion.num_timesteps / 1000.0)
   mse = mean_flat(jnp.square(noise - eps))
-  return {"loss": mse + vb, "mse": mse, "vb": vb}
+  weighted_mse = mse if mse_weight is None else mse * mse_weight
+  return {"loss": weighted_mse + vb, "mse": mse, "vb": vb}

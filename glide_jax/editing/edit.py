@@ -32,7 +32,7 @@ def edit_grid(exp: Experiment, params, images_uint8: np.ndarray, known: np.ndarr
               scales: list[float], rng: jax.Array) -> np.ndarray:
   """uint8 edits [N, P, S, H, W, C] of N images (known: [N, H, W, 1], 1 = keep) for every prompt and scale."""
   s = exp.config.sample
-  sampler = exp.make_sampler(s.sampler, s.respacing, s.ddim_eta)
+  sampler = exp.configured_sampler()
   n, p, k = len(images_uint8), len(prompts), len(scales)
   rows = np.array([(i, j, m) for i in range(n) for j in range(p) for m in range(k)])
   tokens, mask = exp.tokenizer.tokenize_batch(list(prompts), exp.config.model.text_ctx)

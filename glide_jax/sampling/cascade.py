@@ -49,7 +49,7 @@ def sample_cascade_grid(upsampler: Experiment, params: Any, prompts: Sequence[st
   base = base_experiment(upsampler)
   bs = base.config.sample
   base_params, _ = base.load_params(bs.use_ema)
-  base_sampler = base.make_sampler(bs.sampler, bs.respacing, bs.ddim_eta)
+  base_sampler = base.configured_sampler()
   low = base.sample_grid(base_sampler, base_params, prompts, scales, num_per_prompt, jax.random.fold_in(rng, 0))
   p, n_scales, k = low.shape[:3]
   rows = np.repeat(np.arange(p), n_scales * k)

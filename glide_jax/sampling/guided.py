@@ -3,7 +3,8 @@
 The guided network call (GLIDE's text2im notebook): one forward pass on [conditional, unconditional]
 (the latter with the empty prompt) sharing x_t; ε̃ = ε_u + s (ε_c − ε_u); the variance output v comes
 from the conditional half. Prompts are encoded once per call, not at every step. The guidance scale is
-an input array, so one compiled sampler serves every scale.
+an input array, so one compiled sampler serves every scale. Guidance may be limited to an interval of
+timesteps (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside it the step uses ε_c alone (s = 1).
 """
 
 from __future__ import annotations
@@ -24,11 +25,21 @@ from glide_jax.editing import known_region
 from glide_jax.model import Text2ImUNet
 
 
+def guidance_active(timesteps: jax.Array, num_timesteps: int, interval: tuple[float, float]) -> jax.Array:
+  """Whether guidance applies at original timesteps t of a T-step process: lo ≤ t / T < hi for
+  interval = (lo, hi); (0, 1) is every step, (0.1, 0.8) leaves out the noisiest 20% and the last 10%."""
+  u = timesteps.astype(jnp.float32) / num_timesteps
+  return (u >= interval[0]) & (u < interval[1])
+
+
 def guided_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusion, xf_out: jax.Array,
-                    xf_proj: jax.Array, scales: jax.Array, **extra_inputs: jax.Array) -> ModelFn:
+                    xf_proj: jax.Array, scales: jax.Array, interval: tuple[float, float] = (0.0, 1.0),
+                    num_timesteps: int | None = None, **extra_inputs: jax.Array) -> ModelFn:
   """The classifier-free-guided network: rows of xf_* interleave (conditional, unconditional) per sample.
-  Both halves see the same extra inputs (an inpainting model's image and mask, an upsampler's low_res)."""
+  Both halves see the same extra inputs (an inpainting model's image and mask, an upsampler's low_res).
+  Outside the guidance `interval` (fractions of the base process's num_timesteps) the scale is 1."""
   timestep_map = jnp.asarray(diffusion.timestep_map)
+  num_timesteps = num_timesteps or diffusion.num_timesteps
   extra_inputs = {k: jnp.repeat(v, 2, axis=0) for k, v in extra_inputs.items()}
 
   def fn(x: jax.Array, t: jax.Array) -> jax.Array:
@@ -38,7 +49,8 @@ def guided_model_fn(model: Text2ImUNet, params: Any, diffusion: GaussianDiffusio
                       method=Text2ImUNet.denoise, **extra_inputs)
     out = out.reshape(b, 2, *out.shape[1:])
     cond, uncond = out[:, 0], out[:, 1]
-    s = scales.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
+    s = jnp.where(guidance_active(timestep_map[t], num_timesteps, interval), scales, 1.0)
+    s = s.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
     eps = uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c])
     return jnp.concatenate([eps, cond[..., c:]], axis=-1)
 
@@ -63,7 +75,8 @@ class GuidedSampler:
 
   sampler: "ddpm" (ancestral) or "ddim"; respacing: "" (all T steps), "100", "10,10,3,2,2", "ddim50"...;
   temperature: the scale of the initial noise x_T (glide-text2im's upsampler uses 0.997); guided=False:
-  the conditional model alone, at half the cost (the guidance scales are then ignored).
+  the conditional model alone, at half the cost (the guidance scales are then ignored); guidance_interval:
+  (lo, hi), guidance only where lo ≤ t / T < hi (`guidance_active`), the conditional model elsewhere.
   """
 
   model: Text2ImUNet
@@ -75,6 +88,7 @@ class GuidedSampler:
   mesh: Optional[Mesh] = None
   temperature: float = 1.0
   guided: bool = True
+  guidance_interval: tuple[float, float] = (0.0, 1.0)
 
   def __post_init__(self):
     if self.sampler not in SAMPLERS:
@@ -101,7 +115,8 @@ class GuidedSampler:
       mask = jnp.stack([mask, jnp.zeros_like(mask)], axis=1).reshape(2 * b, -1)
     xf_out, xf_proj = self.model.apply({"params": params}, tokens, mask, method=Text2ImUNet.encode_text)
     if self.guided:
-      make_model_fn = functools.partial(guided_model_fn, self.model, params, self.diffusion, xf_out, xf_proj, scales)
+      make_model_fn = functools.partial(guided_model_fn, self.model, params, self.diffusion, xf_out, xf_proj, scales,
+                                        self.guidance_interval, self.base_diffusion.num_timesteps)
     else:
       make_model_fn = functools.partial(conditional_model_fn, self.model, params, self.diffusion, xf_out, xf_proj)
     init_rng, loop_rng = jax.random.split(rng)

@@ -35,7 +35,7 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     low_res, grid = sample_cascade_grid(exp, params, prompts, scales, s.num_per_prompt,
                                         stream_key(config.seed, "sample"))
   else:
-    sampler = exp.make_sampler(s.sampler, s.respacing, s.ddim_eta)
+    sampler = exp.configured_sampler()
     grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"))
   paths = {}
   if jax.process_index() == 0:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh
 
 from glide_jax import sharding as sharding_lib
 from glide_jax.config import num_microbatches
-from glide_jax.diffusion import GaussianDiffusion, hybrid_loss
+from glide_jax.diffusion import GaussianDiffusion, hybrid_loss, min_snr_weight
 from glide_jax.editing.masks import random_known_masks
 from glide_jax.model import Text2ImUNet, init_params
 from glide_jax.model.text2im import downsample
@@ -32,11 +32,19 @@ class TrainState:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Constant learning rate (the reference lesson's), after an optional linear warm-up."""
+  """After an optional linear warm-up from 0: constant (the reference lesson's), or "cosine", a half-cosine
+  from learning_rate down to learning_rate · lr_end_factor at step num_steps (Loshchilov & Hutter 2017,
+  eq. 5, without restarts), constant after it."""
   t = config.train
+  if t.lr_schedule == "cosine":
+    decay_steps = max(t.num_steps - t.warmup_steps, 1)
+    after_warmup = optax.cosine_decay_schedule(t.learning_rate, decay_steps, alpha=t.lr_end_factor)
+  else:
+    after_warmup = optax.constant_schedule(t.learning_rate)
   if t.warmup_steps > 0:
-    return optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
-  return optax.constant_schedule(t.learning_rate)
+    warmup = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
+    return optax.join_schedules([warmup, after_warmup], [t.warmup_steps])
+  return after_warmup
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -73,8 +81,10 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 
 
 def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch: dict[str, jax.Array],
-            rng: jax.Array, p_uncond: float, pad_id: int) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), prompts dropped with probability p_uncond; an
+            rng: jax.Array, p_uncond: float, pad_id: int,
+            min_snr_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), L_simple weighted by min-SNR-γ when γ > 0,
+  prompts dropped with probability p_uncond; an
   inpainting model also sees each example's known part under a random mask (GLIDE's fine-tuning), an
   upsampler the example downsampled to its low resolution."""
   x_start = batch["images"]
@@ -92,7 +102,7 @@ def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch
     extra_inputs["low_res"] = downsample(x_start, model.config.low_res_size)
   output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng},
                        **extra_inputs)
-  terms = hybrid_loss(diffusion, output, x_start, x_t, t, noise)
+  terms = hybrid_loss(diffusion, output, x_start, x_t, t, noise, min_snr_weight(diffusion, t, min_snr_gamma))
   metrics = {k: jnp.mean(v) for k, v in terms.items()}
   return metrics["loss"], metrics
 
@@ -140,7 +150,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Arr
   """
   rng = jax.random.fold_in(base_rng, state.step)
   (loss, metrics), grads = loss_and_grads(state.params, batch, rng, num_microbatches(config.train), model=model,
-                                         diffusion=diffusion, p_uncond=config.train.p_uncond, pad_id=pad_id)
+                                         diffusion=diffusion, p_uncond=config.train.p_uncond, pad_id=pad_id,
+                                         min_snr_gamma=config.train.min_snr_gamma)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

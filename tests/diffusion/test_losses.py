@@ -17,6 +17,7 @@ from glide_jax.diffusion import (
   approx_standard_normal_cdf,
   discretized_gaussian_log_likelihood,
   hybrid_loss,
+  min_snr_weight,
   normal_kl,
   vb_terms_bpd,
 )
@@ -281,3 +282,31 @@ def test_vb_gradient_trains_only_v(cosine1000):
   # Without the stop-gradient the VB term would move ε̂: the mean of p depends on it.
   g_raw = np.asarray(jax.grad(lambda o: vb_terms_bpd(d, o, *args[:3]).sum())(jnp.asarray(out)))
   assert np.abs(g_raw[..., :3]).max() > 0
+
+
+def test_min_snr_weight_is_min_snr_gamma_over_snr(cosine1000):
+  """min(SNR, γ)/SNR with SNR = ᾱ/(1 − ᾱ), from the float64 table: 1 on the noisy steps, γ/SNR below 1 on the
+  clean ones; γ = 0 is off."""
+  d = cosine1000
+  t = np.arange(d.num_timesteps)
+  snr = d.alphas_cumprod / (1.0 - d.alphas_cumprod)
+  got = np.asarray(min_snr_weight(d, jnp.asarray(t), 5.0))
+  np.testing.assert_allclose(got, np.minimum(snr, 5.0) / snr, rtol=1e-6)
+  noisy = snr <= 5.0
+  assert noisy[-1] and not noisy[0] and 0 < noisy.sum() < len(t)  # The cosine schedule crosses SNR = 5.
+  np.testing.assert_array_equal(got[noisy], 1.0)
+  assert got[0] < 1e-3 and np.all(np.diff(got[~noisy]) > 0)  # Damped most where the image is nearly clean.
+  np.testing.assert_array_equal(np.asarray(min_snr_weight(d, jnp.asarray(t), 0.0)), np.ones(len(t)))
+
+
+def test_min_snr_weight_scales_only_the_mse_in_the_loss(cosine1000):
+  d = cosine1000
+  x0, x_t, t, noise, out = loss_inputs(d, 3, [0, 1, 10, 100, 400, 700, 998, 999])
+  args = (jnp.asarray(out), jnp.asarray(x0), jnp.asarray(x_t), jnp.asarray(t), jnp.asarray(noise))
+  plain = {k: np.asarray(v) for k, v in hybrid_loss(d, *args).items()}
+  weight = np.asarray(min_snr_weight(d, jnp.asarray(t), 5.0))
+  weighted = {k: np.asarray(v) for k, v in hybrid_loss(d, *args, mse_weight=jnp.asarray(weight)).items()}
+  np.testing.assert_array_equal(weighted["mse"], plain["mse"])  # Reported unweighted.
+  np.testing.assert_array_equal(weighted["vb"], plain["vb"])
+  np.testing.assert_allclose(weighted["loss"], weight * plain["mse"] + plain["vb"], rtol=1e-6)
+  assert weighted["loss"][0] < plain["loss"][0]

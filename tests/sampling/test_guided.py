@@ -95,15 +95,17 @@ def run_plain(setup, sampler, x_T, loop_rng, empty=False, eta=0.0, v_from_condit
                                           sampler=sampler, eta=eta))
 
 
-def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0):
-  """A plain Python loop over t = K−1 … 0: two forward passes, ε̃ = ε_u + s(ε_c − ε_u), v conditional."""
+def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, interval=(0.0, 1.0)):
+  """A plain Python loop over t = K−1 … 0: two forward passes, ε̃ = ε_u + s(ε_c − ε_u), v conditional; s = 1
+  at the steps whose original timestep is outside the guidance interval (fractions of the base T)."""
   x, loop_rng = split_like_sampler(setup, rng)
   c = x.shape[-1]
-  s = jnp.asarray(scales, jnp.float32)[:, None, None, None]
   abar_table = diffusion.alphas_cumprod
   for i in reversed(range(diffusion.num_timesteps)):
     t = jnp.full((B,), i, jnp.int32)
     original_t = jnp.full((B,), int(diffusion.timestep_map[i]), jnp.int32)
+    guided = interval[0] <= diffusion.timestep_map[i] / setup["base"].num_timesteps < interval[1]
+    s = jnp.asarray(scales if guided else [1.0] * B, jnp.float32)[:, None, None, None]
     cond = setup["forward"](setup["params"], x, original_t, setup["tokens"], setup["mask"])
     uncond = setup["forward"](setup["params"], x, original_t, setup["empty_tokens"], setup["empty_mask"])
     output = jnp.concatenate([uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c]), cond[..., c:]], axis=-1)
@@ -169,6 +171,24 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(setup, ddpm
   np.testing.assert_allclose(sample(unguided, setup, [7.0, 0.0], seed=5), conditional, atol=1e-5, rtol=0)
   # Guidance above 1 extrapolates away from the conditional sample.
   assert np.abs(sample(sampler, setup, [4.0, 4.0], seed=5) - conditional).max() > 0.05
+
+
+# --- (2b) guidance limited to an interval of timesteps ---------------------------------------------------------
+def test_guidance_interval_guides_only_the_steps_inside_it(setup, ddpm):
+  # Steps at original t = 99, 74, 50, 25, 0 of T = 100: (0.3, 0.8) guides t = 74 and 50 only.
+  interval = (0.3, 0.8)
+  limited = dataclasses.replace(ddpm, guidance_interval=interval)
+  got = sample(limited, setup, [4.0, 2.0], seed=6)
+  np.testing.assert_allclose(got, reference_loop(setup, ddpm.diffusion, [4.0, 2.0], jax.random.key(6),
+                                                 interval=interval), atol=1e-5, rtol=0)
+  everywhere = sample(ddpm, setup, [4.0, 2.0], seed=6)
+  conditional = sample(ddpm, setup, [1.0, 1.0], seed=6)
+  assert np.abs(got - everywhere).max() > 1e-2 and np.abs(got - conditional).max() > 1e-2
+  # The full interval is ordinary guidance; one that holds no step is the conditional model throughout.
+  np.testing.assert_array_equal(sample(dataclasses.replace(ddpm, guidance_interval=(0.0, 1.0)), setup,
+                                       [4.0, 2.0], seed=6), everywhere)
+  empty = dataclasses.replace(ddpm, guidance_interval=(0.8, 0.9))
+  np.testing.assert_allclose(sample(empty, setup, [4.0, 2.0], seed=6), conditional, atol=1e-5, rtol=0)
 
 
 # --- (3) DDIM with η = 0 is deterministic given x_T ----------------------------------------------------------

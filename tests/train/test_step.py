@@ -1,14 +1,16 @@
-"""The update's gradient accumulation (train.microbatches) against separately computed microbatches."""
+"""The update's gradient accumulation (train.microbatches) against separately computed microbatches; the
+learning-rate schedules; min-SNR-γ in the training loss."""
 
 import functools
 
 import jax
 import numpy as np
+import pytest
 
 from configs import tiny
 from glide_jax.config import num_microbatches
 from glide_jax.experiment import Experiment
-from glide_jax.train.step import loss_and_grads, loss_fn, split_microbatches
+from glide_jax.train.step import learning_rate_schedule, loss_and_grads, loss_fn, split_microbatches
 
 
 def test_microbatches_are_strided_rows():
@@ -45,3 +47,41 @@ def test_microbatches_accumulate_the_mean_loss_and_gradient():
   # It is not the one-pass gradient of the whole batch with the same key (each microbatch has its own draws).
   (whole_loss, _), _ = grad_fn(params, batch=batch, rng=rng)
   assert abs(float(whole_loss) - float(loss)) > 1e-6
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_cosine_schedule_warms_up_then_decays_to_the_end_factor(warmup):
+  config = tiny.get_config()
+  t = config.train
+  t.learning_rate, t.num_steps, t.warmup_steps, t.lr_schedule, t.lr_end_factor = 1e-3, 110, warmup, "cosine", 0.1
+  lr = learning_rate_schedule(config)
+  if warmup:
+    np.testing.assert_allclose([lr(0), lr(5)], [0.0, 5e-4], rtol=1e-6)
+  np.testing.assert_allclose(lr(warmup), 1e-3, rtol=1e-6)
+  # Half-way through the decay: lr · (end + (1 − end)(1 + cos(π/2))/2) = lr · 0.55.
+  middle = warmup + (110 - warmup) // 2
+  np.testing.assert_allclose(lr(middle), 1e-3 * 0.55, rtol=1e-6)
+  np.testing.assert_allclose([lr(110), lr(500)], [1e-4, 1e-4], rtol=1e-6)
+  values = [float(lr(s)) for s in range(warmup, 111)]
+  assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_constant_schedule_is_the_default():
+  config = tiny.get_config()
+  config.train.learning_rate, config.train.warmup_steps = 2e-4, 4
+  lr = learning_rate_schedule(config)
+  np.testing.assert_allclose([lr(0), lr(2), lr(4), lr(10_000)], [0.0, 1e-4, 2e-4, 2e-4], rtol=1e-6)
+
+
+def test_min_snr_gamma_changes_the_loss_not_the_reported_mse():
+  config = tiny.get_config()
+  exp = Experiment(config)
+  params = exp.init_fn().params
+  batch = jax.tree_util.tree_map(np.asarray, exp.batch_source()(0))
+  kwargs = dict(model=exp.model, diffusion=exp.diffusion, p_uncond=0.2, pad_id=exp.tokenizer.pad_id)
+  loss = jax.jit(functools.partial(loss_fn, **kwargs), static_argnames="min_snr_gamma")
+  plain, weighted = (loss(params, batch=batch, rng=jax.random.key(3), min_snr_gamma=g) for g in (0.0, 5.0))
+  np.testing.assert_array_equal(weighted[1]["mse"], plain[1]["mse"])
+  np.testing.assert_array_equal(weighted[1]["vb"], plain[1]["vb"])
+  assert float(weighted[0]) < float(plain[0])  # Weights are <= 1, and < 1 on the batch's low-noise examples.
+  np.testing.assert_allclose(plain[0], plain[1]["mse"] + plain[1]["vb"], rtol=1e-6)
