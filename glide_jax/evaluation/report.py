@@ -24,18 +24,28 @@ def json_safe(value):
 
 def format_table(report: dict) -> str:
   """The per-scale results and the real-data references as a fixed-width table."""
-  lines = [f"{'guidance':>8}  {'accuracy':>8}  {'FID':>9}  {'diversity':>9}  {'seconds':>8}"]
+  lines = [f"{'guidance':>8}  {'accuracy':>8}  {'worst digit':>16}  {'FID':>9}  {'diversity':>9}  {'seconds':>8}"]
   fmt = lambda x, spec: "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
   for r in report["results"]:
-    lines.append(f"{r['guidance_scale']:>8g}  {fmt(r['accuracy'], '8.3f')}  {fmt(r['fid'], '9.3f')}  "
+    lines.append(f"{r['guidance_scale']:>8g}  {fmt(r['accuracy'], '8.3f')}  "
+                 f"{worst_class(r['per_digit_accuracy'], report['class_names']):>16}  {fmt(r['fid'], '9.3f')}  "
                  f"{fmt(r['diversity'], '9.3f')}  {r['seconds']:>8.1f}")
   real = report["real"]
-  lines.append(f"{'real':>8}  {fmt(real['accuracy'], '8.3f')}  {fmt(real['fid'], '9.3f')}  "
+  lines.append(f"{'real':>8}  {fmt(real['accuracy'], '8.3f')}  {'':>16}  {fmt(real['fid'], '9.3f')}  "
                f"{fmt(real['diversity'], '9.3f')}  {'':>8}   ({real['num_samples']} training images, same size)")
   floor = report["floor"]
-  lines.append(f"{'floor':>8}  {'':>8}  {fmt(floor['fid'], '9.3f')}  {'':>9}  {'':>8}   "
+  lines.append(f"{'floor':>8}  {'':>8}  {'':>16}  {fmt(floor['fid'], '9.3f')}  {'':>9}  {'':>8}   "
                f"({floor['num_train']} training vs {floor['num_test']} test images)")
   return "\n".join(lines)
+
+
+def worst_class(per_class_accuracy: list, class_names: list[str]) -> str:
+  """'0.940 nine': the lowest per-class accuracy and its class (classes without samples are skipped)."""
+  scored = [(a, name) for a, name in zip(per_class_accuracy, class_names) if a is not None and math.isfinite(a)]
+  if not scored:
+    return "-"
+  accuracy, name = min(scored, key=lambda pair: pair[0])
+  return f"{accuracy:.3f} {name}"[:16]
 
 
 def plot(report: dict, path: str) -> None:

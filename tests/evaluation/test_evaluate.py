@@ -168,8 +168,16 @@ def test_eval_png_and_cached_classifier(evaluated):
 def test_table_lists_every_scale_and_the_references(evaluated):
   _, _, report = evaluated
   lines = report_lib.format_table(report).splitlines()
-  assert lines[0].split() == ["guidance", "accuracy", "FID", "diversity", "seconds"]
+  assert lines[0].split() == ["guidance", "accuracy", "worst", "digit", "FID", "diversity", "seconds"]
   assert [line.split()[0] for line in lines[1:]] == ["0", "3", "real", "floor"]
+  for line, r in zip(lines[1:3], report["results"]):
+    lowest = min(r["per_digit_accuracy"])
+    assert line.split()[2:4] == [f"{lowest:.3f}", report["class_names"][r["per_digit_accuracy"].index(lowest)]]
+
+
+def test_worst_class_skips_classes_without_samples():
+  assert report_lib.worst_class([0.5, None, 0.25, float("nan")], ["a", "b", "c", "d"]) == "0.250 c"
+  assert report_lib.worst_class([None], ["a"]) == "-"
 
 
 # --- The distance responds to what is wrong with the images ---------------------------------------------
