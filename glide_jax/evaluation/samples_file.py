@@ -12,8 +12,6 @@ import os
 
 import numpy as np
 
-ROW_FIELDS = ("images", "prompted", "guidance_scale")
-
 
 def save_samples(path: str, images: np.ndarray, prompted: np.ndarray, guidance_scale: np.ndarray,
                  class_names: list[str], **extra_rows: np.ndarray) -> None:
