@@ -5,9 +5,15 @@ import os
 import re
 import signal
 import subprocess
+import sys
 
+import jax
+import numpy as np
+
+from glide_jax.experiment import Experiment
 from helpers.paths import REPO
-from helpers.runs import checkpoint_steps, main_env, metric_steps, read, wait_until
+from helpers.runs import checkpoint_steps, main_env, metric_steps, read, restore_checkpoint, tiny_config, wait_until
+from helpers.trees import assert_trees_equal
 
 SCRIPT = os.path.join(REPO, "scripts", "reproduce_lesson.sh")
 
@@ -63,3 +69,46 @@ def test_sigterm_to_the_script_reaches_training_which_saves_and_stops(tmp_path):
   assert checkpoint_steps(str(workdir)) == [int(stopped.group(1))]
   assert "Stopped by SIGTERM during the train stage; rerun the same command to resume." in read(err)
   assert not (workdir / "samples").exists() and not (workdir / "eval").exists()  # Later stages skipped.
+
+
+CARRY = os.path.join(REPO, "scripts", "carry_params.py")
+
+
+def _carry(*args):
+  return subprocess.run([sys.executable, CARRY, *args], cwd=REPO, env=main_env(), capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_carry_params_moves_a_runs_ema_parameters_into_a_new_workdir(tmp_path):
+  config = tiny_config()
+  exp = Experiment(config, str(tmp_path / "run"))
+  state = exp.init_fn()
+  # An EMA unlike the raw parameters, at a step other than 0, so that the test tells them apart.
+  state = state.replace(step=state.step + 7, ema_params=jax.tree_util.tree_map(lambda p: p + 1, state.ema_params))
+  checkpointer = exp.checkpointer()
+  checkpointer.save(7, state, config)
+  checkpointer.close()
+
+  npz = tmp_path / "run.npz"
+  exported = _carry("export", f"--workdir={tmp_path / 'run'}", f"--npz={npz}")
+  assert exported.returncode == 0, exported.stderr[-4000:]
+  imported = _carry("import", f"--npz={npz}", f"--workdir={tmp_path / 'moved'}")
+  assert imported.returncode == 0, imported.stderr[-4000:]
+  assert "imported step 7" in imported.stdout
+
+  moved = restore_checkpoint(config, tmp_path / "moved")
+  assert int(moved.step) == 7
+  assert_trees_equal(moved.ema_params, jax.device_get(state.ema_params))
+  assert_trees_equal(moved.params, jax.device_get(state.ema_params))
+
+  # A workdir that has checkpoints is left alone, and a file of another model is refused before anything is written.
+  again = _carry("import", f"--npz={npz}", f"--workdir={tmp_path / 'moved'}")
+  assert again.returncode != 0 and "already holds checkpoints" in again.stderr
+  assert checkpoint_steps(str(tmp_path / "moved")) == [7]
+  with np.load(npz) as f:
+    files = {k: f[k] for k in f.files}
+  files.pop(sorted(k for k in files if not k.startswith("__"))[0])
+  np.savez(tmp_path / "other.npz", **files)
+  other = _carry("import", f"--npz={tmp_path / 'other.npz'}", f"--workdir={tmp_path / 'other'}")
+  assert other.returncode != 0 and "does not hold this model's parameters" in other.stderr
+  assert not (tmp_path / "other" / "checkpoints").exists()
