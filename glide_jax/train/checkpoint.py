@@ -180,6 +180,12 @@ MODEL_FIELDS = ("model", "diffusion", "data.image_size", "data.channels")
 COMPUTE_ONLY_FIELDS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 # Model fields added after checkpoints were first written, with the value an older checkpoint meant.
 ADDED_FIELD_DEFAULTS = {"model.inpaint": False, "model.low_res_size": 0}
+# The fields that set a run's course besides the model: the loss, the optimiser and its schedule, the data's
+# batch and the randomness. (num_steps is left out: raising it is how a finished run trains further.)
+RECIPE_FIELDS = ("seed", "train.batch_size", "train.learning_rate", "train.warmup_steps", "train.lr_schedule",
+                 "train.lr_end_factor", "train.adam_b1", "train.adam_b2", "train.grad_clip", "train.ema_decay",
+                 "train.p_uncond", "train.min_snr_gamma")
+ADDED_RECIPE_DEFAULTS = {"train.lr_schedule": "constant", "train.lr_end_factor": 0.0, "train.min_snr_gamma": 0.0}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -193,15 +199,28 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
-def model_config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
-  """'field: saved → current' for every model-defining field that differs."""
-  saved_flat, current_flat = {**ADDED_FIELD_DEFAULTS, **_flatten(saved)}, _flatten(config_to_json(current))
+def _differences(saved: dict, current: ml_collections.ConfigDict, fields: tuple[str, ...],
+                 excluded: tuple[str, ...] = (), added: Optional[dict] = None) -> list[str]:
+  """'field: saved → current' for every field under `fields` (not in `excluded`) whose values differ."""
+  saved_flat, current_flat = {**(added or {}), **_flatten(saved)}, _flatten(config_to_json(current))
   keys = sorted(k for k in set(saved_flat) | set(current_flat)
-                if any(k == f or k.startswith(f + ".") for f in MODEL_FIELDS) and k not in COMPUTE_ONLY_FIELDS)
+                if any(k == f or k.startswith(f + ".") for f in fields) and k not in excluded)
   missing = object()
   return [f"{k}: {saved_flat.get(k, missing)!r} in the checkpoint, {current_flat.get(k, missing)!r} now"
           .replace(repr(missing), "(absent)")
           for k in keys if saved_flat.get(k, missing) != current_flat.get(k, missing)]
+
+
+def model_config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved → current' for every model-defining field that differs."""
+  return _differences(saved, current, MODEL_FIELDS, COMPUTE_ONLY_FIELDS, ADDED_FIELD_DEFAULTS)
+
+
+def recipe_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved → current' for every training-recipe field that differs: resuming with them changes the
+  run's course (a config file's new defaults do so silently), which may be meant (a lower learning rate after
+  a divergence) or not."""
+  return _differences(saved, current, RECIPE_FIELDS, added=ADDED_RECIPE_DEFAULTS)
 
 
 def check_same_model(saved: dict, current: ml_collections.ConfigDict, directory: str) -> None:

@@ -17,6 +17,7 @@ from glide_jax.errors import TrainingDivergedError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import images as images_lib
+from glide_jax.train import checkpoint as ckpt_lib
 from glide_jax.train.metrics_writer import MetricWriter
 from glide_jax.train.preemption import PreemptionGuard
 from glide_jax.train.step import TrainState
@@ -113,6 +114,11 @@ def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: Preemp
     start = int(jax.device_get(state.step))
     if start and is_main:
       print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+      changed = ckpt_lib.recipe_differences(checkpointer.saved_config(start), exp.config)
+      if changed:
+        print(f"warning: this run continues with another training recipe than its checkpoint's: "
+              f"{'; '.join(changed)}. To continue it as it was, pass the checkpoint's values as overrides.",
+              flush=True)
     if start >= t.num_steps:
       if is_main:
         print(f"Nothing to train: the run in {workdir} is at step {start}, and config.train.num_steps is "

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from glide_jax.errors import UserError
-from glide_jax.train.checkpoint import config_to_json, model_config_differences
+from glide_jax.train.checkpoint import config_to_json, model_config_differences, recipe_differences
 from glide_jax.train.loop import train
 from helpers.runs import (
   assert_nothing_removed_or_changed,
@@ -145,3 +145,31 @@ def test_a_checkpoint_from_before_model_inpaint_existed_is_an_ordinary_model():
   assert model_config_differences(saved, current) == []
   current.model.inpaint = True
   assert model_config_differences(saved, current) == ["model.inpaint: False in the checkpoint, True now"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A resume with another training recipe (a changed config file's defaults, an override) is named, not silent.
+
+
+def test_recipe_differences_name_the_fields_that_change_a_runs_course():
+  saved = config_to_json(tiny_config(num_steps=2))
+  current = tiny_config(num_steps=50, log_every=1, checkpoint_every=7)  # More steps and other chores: the same run.
+  assert recipe_differences(saved, current) == []
+  current.train.min_snr_gamma = 5.0
+  current.train.lr_schedule = "cosine"
+  current.seed = 3
+  assert recipe_differences(saved, current) == ["seed: 0 in the checkpoint, 3 now",
+                                                "train.lr_schedule: 'constant' in the checkpoint, 'cosine' now",
+                                                "train.min_snr_gamma: 0.0 in the checkpoint, 5.0 now"]
+  # A checkpoint from before these options existed was trained without them.
+  del saved["train"]["min_snr_gamma"], saved["train"]["lr_schedule"], saved["train"]["lr_end_factor"]
+  assert recipe_differences(saved, tiny_config(num_steps=2)) == []
+
+
+def test_resume_with_another_recipe_says_so_and_trains_on(four_steps, capsys):
+  config = tiny_config(num_steps=5, checkpoint_every=2, learning_rate=5e-4)
+  train(config, four_steps)
+  out = capsys.readouterr().out
+  assert ("warning: this run continues with another training recipe than its checkpoint's: "
+          "train.learning_rate: 0.001 in the checkpoint, 0.0005 now.") in out, out
+  assert checkpoint_steps(four_steps)[-1] == 5
