@@ -1,9 +1,13 @@
 """The evaluation samples file: plain arrays, row-aligned, read back without unpickling."""
 
+import os
+
 import numpy as np
 import pytest
 
+from glide_jax.data import DIGIT_WORDS
 from glide_jax.evaluation.samples_file import load_samples, save_samples
+from helpers.paths import REPO
 
 
 def test_round_trip_with_extra_rows(tmp_path):
@@ -29,3 +33,17 @@ def test_rows_must_line_up_and_images_be_uint8(tmp_path):
   with pytest.raises(ValueError, match=r"uint8 \[N, H, W, C\] images, got float32"):
     save_samples(str(tmp_path / "b.npz"), images.astype(np.float32), [0] * 3, [1.0] * 3, ["zero"])
   assert not list(tmp_path.iterdir())
+
+
+def test_the_committed_mnist_cpu_samples_are_a_samples_file():
+  """docs/eval_samples_mnist_cpu.npz, the images behind docs/quality.md's seed0 rows, loads without pickle:
+  100 samples of each digit at each of the four scales, small enough to keep in the repository."""
+  path = os.path.join(REPO, "docs", "eval_samples_mnist_cpu.npz")
+  assert os.path.getsize(path) <= 3_000_000
+  s = load_samples(path)
+  assert s["images"].shape == (4000, 32, 32, 1) and s["images"].dtype == np.uint8
+  assert s["class_names"].tolist() == list(DIGIT_WORDS)
+  for scale in (1.5, 2.0, 3.0, 4.0):
+    rows = s["guidance_scale"] == np.float32(scale)
+    np.testing.assert_array_equal(np.bincount(s["prompted"][rows], minlength=10), np.full(10, 100))
+  assert rows.sum() * 4 == len(s["images"])
