@@ -112,13 +112,15 @@ def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: Preemp
   try:
     state = exp.restore_or_init(checkpointer)
     start = int(jax.device_get(state.step))
-    if start and is_main:
-      print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+    if start:
+      # Every process reads the saved config: an Orbax restore waits for all of them.
       changed = ckpt_lib.recipe_differences(checkpointer.saved_config(start), exp.config)
-      if changed:
-        print(f"warning: this run continues with another training recipe than its checkpoint's: "
-              f"{'; '.join(changed)}. To continue it as it was, pass the checkpoint's values as overrides.",
-              flush=True)
+      if is_main:
+        print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+        if changed:
+          print(f"warning: this run continues with another training recipe than its checkpoint's: "
+                f"{'; '.join(changed)}. To continue it as it was, pass the checkpoint's values as overrides.",
+                flush=True)
     if start >= t.num_steps:
       if is_main:
         print(f"Nothing to train: the run in {workdir} is at step {start}, and config.train.num_steps is "
