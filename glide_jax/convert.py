@@ -22,7 +22,6 @@ from glide_jax.experiment import Experiment
 from glide_jax.released.keymap import convert_state_dict
 from glide_jax.released.options import RELEASED_MODELS, apply_glide_options, glide_config
 from glide_jax.released.state_dict_file import read_state_dict
-from glide_jax.train.step import init_state_from_params
 
 
 def convert_checkpoint(config: ml_collections.ConfigDict, state_dict: dict[str, np.ndarray], workdir: str) -> int:
@@ -30,15 +29,7 @@ def convert_checkpoint(config: ml_collections.ConfigDict, state_dict: dict[str, 
   model; returns the number of parameters. A workdir that already holds checkpoints is left alone."""
   exp = Experiment(config, workdir)
   params = convert_state_dict(state_dict, exp.abstract_state.params)
-  checkpointer = exp.checkpointer()
-  try:
-    if checkpointer.latest_step() is not None:
-      raise UserError(f"--workdir {exp.workdir} already holds checkpoints; give a new directory (nothing was "
-                      f"written).")
-    build = jax.jit(lambda p: init_state_from_params(exp.optimizer, p), out_shardings=exp.state_shardings)
-    checkpointer.save(0, build(params), config)
-  finally:
-    checkpointer.close()
+  exp.write_params(params, step=0)
   return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
 
 

@@ -157,6 +157,20 @@ class Experiment:
       checkpointer.close()
     return (state.ema_params if use_ema else state.params), int(jax.device_get(state.step))
 
+  def write_params(self, params: Any, step: int = 0) -> None:
+    """Writes `params` as checkpoint `step` of this new workdir: parameters and EMA alike, a fresh optimizer
+    state. A workdir that already holds checkpoints is refused with a UserError, and nothing is written."""
+    checkpointer = self.checkpointer()
+    try:
+      if checkpointer.latest_step() is not None:
+        raise UserError(f"--workdir {self.workdir} already holds checkpoints; give a new directory (nothing was "
+                        f"written).")
+      build = jax.jit(lambda p: init_state_from_params(self.optimizer, p), out_shardings=self.state_shardings)
+      state = build(params)
+      checkpointer.save(step, state.replace(step=state.step + step), self.config)
+    finally:
+      checkpointer.close()
+
   # --- Training ------------------------------------------------------------------------------------------
 
   def train_step_fn(self):

@@ -30,7 +30,6 @@ from glide_jax.config import default_config  # noqa: E402
 from glide_jax.errors import UserError  # noqa: E402
 from glide_jax.experiment import Experiment  # noqa: E402
 from glide_jax.train import checkpoint as ckpt_lib  # noqa: E402
-from glide_jax.train.step import init_state_from_params  # noqa: E402
 
 STEP_KEY, CONFIG_KEY = "__step__", "__config__"
 flags.DEFINE_string("workdir", None, "The run to export, or the new workdir to import into.", required=True)
@@ -64,15 +63,7 @@ def import_params(path: str, workdir: str) -> int:
   if sorted(names) != sorted(files):
     raise UserError(f"{path} does not hold this model's parameters: {len(set(names) ^ set(files))} names differ.")
   params = jax.tree_util.tree_unflatten(treedef, [files[n] for n in names])
-  checkpointer = exp.checkpointer()
-  try:
-    if checkpointer.latest_step() is not None:
-      raise UserError(f"--workdir {workdir} already holds checkpoints; give a new directory (nothing was written).")
-    build = jax.jit(lambda p: init_state_from_params(exp.optimizer, p), out_shardings=exp.state_shardings)
-    state = build(params)
-    checkpointer.save(step, state.replace(step=state.step + step), exp.config)
-  finally:
-    checkpointer.close()
+  exp.write_params(params, step)
   return step
 
 
