@@ -17,6 +17,7 @@ if __name__ == "__main__":
 import json
 import re
 import resource
+import sys
 import time
 from typing import Optional
 
@@ -26,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from glide_jax import sharding as sharding_lib
+from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.runtime import enable_compilation_cache
 
@@ -204,6 +206,14 @@ def mfu_text(result: dict) -> str:
 
 
 def main(argv):
+  try:
+    run(argv)
+  except UserError as e:  # A bad config value: the message names the field and the fix, no traceback.
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(argv):
   del argv
   enable_compilation_cache()
   config = flags.FLAGS.config

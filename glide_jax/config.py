@@ -223,6 +223,11 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
             f"(the class word) and {{label}} (its numeral).")
 
 
+def _largest_divisor(n: int, at_most: int) -> int:
+  """The largest divisor of n that is at most at_most: the nearest valid value to suggest for a width split."""
+  return max(k for k in range(1, min(n, at_most) + 1) if n % k == 0)
+
+
 def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
   levels = len(m.channel_mult)
   if levels < 1 or any(not _is_int(x) or x < 1 for x in m.channel_mult):
@@ -240,14 +245,19 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
             f"{reached}.")
   for name in ("model_channels", "num_res_blocks", "num_head_channels", "num_groups"):
     _check_int(f"model.{name}", m[name], 1)
-  for level, mult in enumerate(m.channel_mult):
-    ch = m.model_channels * mult
+  widths = [m.model_channels * mult for mult in m.channel_mult]
+  attended = [ch for level, ch in enumerate(widths) if level == levels - 1 or reached[level] in m.attention_resolutions]
+  for ch in widths:
     if ch % m.num_groups:
-      _fail("model.num_groups", m.num_groups, f"GroupNorm needs every width divisible by it; {ch} is not.")
-    has_attention = level == levels - 1 or reached[level] in m.attention_resolutions
-    if has_attention and ch % m.num_head_channels:
+      _fail("model.num_groups", m.num_groups,
+            f"GroupNorm needs every width divisible by it; {ch} is not (the widths are {widths}). "
+            f"Set --config.model.num_groups={_largest_divisor(math.gcd(*widths), m.num_groups)}.")
+  for ch in attended:
+    if ch % m.num_head_channels:
       _fail("model.num_head_channels", m.num_head_channels,
-            f"attention heads split {ch} channels at {reached[level]}x{reached[level]}, which is not a multiple of it.")
+            f"attention heads split {ch} channels, which is not a multiple of it (the attended widths are "
+            f"{attended}). Set --config.model.num_head_channels="
+            f"{_largest_divisor(math.gcd(*attended), m.num_head_channels)}.")
   if not (_is_number(m.dropout) and 0.0 <= m.dropout < 1.0):
     _fail("model.dropout", m.dropout, "it must be in [0, 1).")
   if m.dtype not in model_config.DTYPES and m.dtype != "auto":

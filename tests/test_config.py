@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from configs import tiny
+from configs import mnist_cpu, tiny
 from glide_jax.config import default_config, validate_config
 from glide_jax.diffusion import SAMPLERS, SCHEDULE_NAMES
 from glide_jax.errors import ConfigError, UserError
@@ -151,6 +151,18 @@ def test_the_message_shows_the_bad_value_and_the_fix():
     validate_config(config)
   message = str(info.value)
   assert "config.data.image_size = 20" in message and "divisible by 8" in message
+
+
+def test_a_narrower_model_is_told_the_group_and_head_sizes_that_fit():
+  config = mnist_cpu.get_config()
+  config.model.model_channels = 24  # Widths 24, 48, 48: not divisible by 32 groups or 64-channel heads.
+  with pytest.raises(ConfigError, match=re.escape("num_groups=24.")):
+    validate_config(config)
+  config.model.num_groups = 8
+  with pytest.raises(ConfigError, match=re.escape("widths are [48]). Set --config.model.num_head_channels=48.")):
+    validate_config(config)
+  config.model.num_head_channels = 48
+  validate_config(config)
 
 
 def test_attention_resolution_message_lists_the_reachable_sizes():
