@@ -133,6 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()    # --mode=eval and --mode=train_classifier.
   c.eval.samples_per_digit = 100   # Samples per class prompt and guidance scale (config.sample.guidance_scales).
   c.eval.batch_size = 500          # Images per classifier forward pass.
+  c.eval.output_dir = ""            # "" = WORKDIR/eval; a relative path is under WORKDIR (e.g. "eval_ddim").
   c.eval.classifier_dir = ""       # "" = $GLIDE_CACHE_DIR (else ~/.cache/glide_jax)/classifiers/<dataset>_<size>px.
   c.eval.classifier_train_split = "train"  # It is scored on data.test_split.
   c.eval.classifier_steps = 1000   # About 2 epochs of MNIST at batch 128.
@@ -417,6 +418,10 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
   lr = e.classifier_learning_rate
   if not (_is_number(lr) and lr > 0):
     _fail("eval.classifier_learning_rate", lr, "it must be a positive number.")
+  if not isinstance(e.output_dir, str):
+    _fail("eval.output_dir", e.output_dir, "it must be a directory path (relative to WORKDIR), or '' for WORKDIR/eval.")
+  if os.path.isabs(os.path.expanduser(e.output_dir)) and os.path.isfile(os.path.expanduser(e.output_dir)):
+    _fail("eval.output_dir", e.output_dir, "it is a file; give a directory (it need not exist yet).")
   if not isinstance(e.classifier_dir, str):
     _fail("eval.classifier_dir", e.classifier_dir, "it must be a directory path, or '' for the default cache.")
   if e.classifier_dir and os.path.exists(os.path.expanduser(e.classifier_dir)) and not os.path.isdir(

@@ -120,6 +120,7 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("sample.prompts", " , ", "sample.prompts"),
     ("eval.samples_per_digit", 1, "eval.samples_per_digit"),
     ("eval.classifier_learning_rate", 0.0, "eval.classifier_learning_rate"),
+    ("eval.output_dir", None, "eval.output_dir"),
     ("eval.classifier_train_split", " ", "eval.classifier_train_split"),
     ("mesh.shape", (-1, -1), "mesh.shape"),
     ("mesh.shape", (0, 1), "mesh.shape"),
@@ -180,6 +181,14 @@ def test_a_missing_or_unreadable_prompt_file_is_refused_up_front(tmp_path):
   (tmp_path / "latin1.txt").write_bytes("sept \u00e9crit\n".encode("latin-1"))
   config.sample.prompt_file = str(tmp_path / "latin1.txt")
   with pytest.raises(UserError, match="not UTF-8"):
+    validate_config(config)
+
+
+def test_an_eval_output_dir_that_is_a_file_is_refused_up_front(tmp_path):
+  (tmp_path / "file").write_text("x")
+  config = tiny.get_config()
+  config.eval.output_dir = str(tmp_path / "file")
+  with pytest.raises(ConfigError, match=r"config\.eval\.output_dir = .* it is a file"):
     validate_config(config)
 
 

@@ -26,7 +26,7 @@ from glide_jax.config import guidance_scales
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.evaluate_edit import evaluate_edits
 from glide_jax.evaluation.metrics import Scorer, balanced_subset
-from glide_jax.evaluation.report import format_table, json_safe, plot, save_report
+from glide_jax.evaluation.report import format_table, json_safe, output_dir, plot, save_report
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
@@ -36,13 +36,14 @@ FLOOR_MAX_IMAGES = 10_000
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples and scores every guidance scale from workdir's latest checkpoint; returns the report
-  written to workdir/eval/eval.json (and plotted in eval.png). An inpainting run's edits are evaluated
-  instead (evaluate_edit)."""
+  written to workdir/eval/eval.json (or config.eval.output_dir) and plotted in eval.png. An inpainting run's
+  edits are evaluated instead (evaluate_edit)."""
   if config.model.inpaint:
     return evaluate_edits(config, workdir)
   exp = Experiment(config, workdir)
   exp.require_not_upsampler("--mode=eval")
   workdir = exp.open_workdir(create=False)
+  out = output_dir(config.eval, workdir)  # A bad one is refused before the sampling.
   s, e = config.sample, config.eval
   scales = guidance_scales(s)
   params, step = exp.load_params(s.use_ema)
@@ -95,7 +96,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "results": results,
   })
   if is_main:
-    save_samples(os.path.join(workdir, "eval", "samples.npz"), np.concatenate(all_images), np.tile(labels, len(scales)),
+    save_samples(os.path.join(out, "samples.npz"), np.concatenate(all_images), np.tile(labels, len(scales)),
                  np.repeat(np.asarray(scales, np.float32), len(labels)), class_names)
-    save_report(report, os.path.join(workdir, "eval"), "eval", plot, format_table(report))
+    save_report(report, out, "eval", plot, format_table(report))
   return report

@@ -27,7 +27,7 @@ from glide_jax.editing.edit import edit_method, known_region_error
 from glide_jax.editing.inputs import load_known_mask
 from glide_jax.evaluation import metrics
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
-from glide_jax.evaluation.report import format_edit_table, json_safe, plot_edits, save_report
+from glide_jax.evaluation.report import format_edit_table, json_safe, output_dir, plot_edits, save_report
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
@@ -52,6 +52,7 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
   runs = methods_to_compare(config, workdir)
   runs[0][1].require_not_upsampler("--mode=eval_edit")
   workdir = runs[0][1].open_workdir(create=False)
+  out = output_dir(config.eval, workdir)  # A bad one is refused before the sampling.
   for _, exp in runs[1:]:
     exp.open_workdir(create=False)
   e, s = config.edit, config.sample
@@ -110,8 +111,8 @@ def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "results": results,
   })
   if is_main:
-    save_samples(os.path.join(workdir, "eval", "edit_samples.npz"), np.concatenate([r[2] for r in rows]),
+    save_samples(os.path.join(out, "edit_samples.npz"), np.concatenate([r[2] for r in rows]),
                  np.tile(targets, len(rows)), np.repeat([r[1] for r in rows], n), list(test.class_names),
                  method=np.repeat([r[0] for r in rows], n), original=np.tile(labels, len(rows)))
-    save_report(report, os.path.join(workdir, "eval"), "edit_eval", plot_edits, format_edit_table(report))
+    save_report(report, out, "edit_eval", plot_edits, format_edit_table(report))
   return report

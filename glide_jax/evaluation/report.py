@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from glide_jax.errors import ConfigError
+
 
 def json_safe(value):
   """nan/inf → None (strict JSON), numpy scalars → Python numbers."""
@@ -90,6 +92,16 @@ def _save_figure(fig, path: str, title: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+def output_dir(eval_config, workdir: str) -> str:
+  """Where --mode=eval writes: config.eval.output_dir, relative to workdir, or workdir/eval by default. A
+  second directory keeps one evaluation (another sampler, sample count or scale) from overwriting another."""
+  path = os.path.join(workdir, os.path.expanduser(eval_config.output_dir or "eval"))
+  if os.path.isfile(path):
+    raise ConfigError(f"config.eval.output_dir = {eval_config.output_dir!r} is invalid: {path} is a file; give a "
+                      f"directory (it need not exist yet).")
+  return path
 
 
 def save_report(report: dict, out_dir: str, stem: str, plot_fn, table: str) -> None:

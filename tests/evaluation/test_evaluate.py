@@ -165,6 +165,25 @@ def test_eval_png_and_cached_classifier(evaluated):
   assert sorted(os.listdir(config.eval.classifier_dir)) == [cache.INFO_FILE, cache.PARAMS_FILE]
 
 
+def test_an_output_dir_keeps_the_first_evaluation_and_draws_the_same_samples(evaluated):
+  config, workdir, report = evaluated
+  with open(os.path.join(workdir, "eval", "eval.json")) as f:
+    first_json = f.read()
+  other = config.copy_and_resolve_references()
+  other.sample.guidance_scales = (SCALES[-1],)
+  other.eval.output_dir = "eval_last_scale"  # Relative: under the workdir.
+  second = evaluate_lib.evaluate(other, workdir)
+  with open(os.path.join(workdir, "eval", "eval.json")) as f:
+    assert f.read() == first_json
+  assert sorted(os.listdir(os.path.join(workdir, "eval_last_scale"))) == ["eval.json", "eval.png", "samples.npz"]
+  # The same noise at every scale: the last scale alone draws exactly the images it drew among all scales.
+  alone = load_samples(os.path.join(workdir, "eval_last_scale", "samples.npz"))
+  among = load_samples(os.path.join(workdir, "eval", "samples.npz"))
+  np.testing.assert_array_equal(alone["images"], among["images"][-10 * K:])
+  same = {k: v for k, v in report["results"][-1].items() if k != "seconds"}
+  assert {k: v for k, v in second["results"][0].items() if k != "seconds"} == same
+
+
 def test_table_lists_every_scale_and_the_references(evaluated):
   _, _, report = evaluated
   lines = report_lib.format_table(report).splitlines()
