@@ -420,8 +420,6 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
     _fail("eval.classifier_learning_rate", lr, "it must be a positive number.")
   if not isinstance(e.output_dir, str):
     _fail("eval.output_dir", e.output_dir, "it must be a directory path (relative to WORKDIR), or '' for WORKDIR/eval.")
-  if os.path.isabs(os.path.expanduser(e.output_dir)) and os.path.isfile(os.path.expanduser(e.output_dir)):
-    _fail("eval.output_dir", e.output_dir, "it is a file; give a directory (it need not exist yet).")
   if not isinstance(e.classifier_dir, str):
     _fail("eval.classifier_dir", e.classifier_dir, "it must be a directory path, or '' for the default cache.")
   if e.classifier_dir and os.path.exists(os.path.expanduser(e.classifier_dir)) and not os.path.isdir(

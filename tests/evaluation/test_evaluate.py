@@ -13,6 +13,7 @@ from PIL import Image
 
 from configs import tiny
 from glide_jax import data as data_lib
+from glide_jax.errors import ConfigError
 from glide_jax.evaluation import classifier as clf
 from glide_jax.evaluation import classifier_cache as cache
 from glide_jax.evaluation import evaluate as evaluate_lib
@@ -182,6 +183,20 @@ def test_an_output_dir_keeps_the_first_evaluation_and_draws_the_same_samples(eva
   np.testing.assert_array_equal(alone["images"], among["images"][-10 * K:])
   same = {k: v for k, v in report["results"][-1].items() if k != "seconds"}
   assert {k: v for k, v in second["results"][0].items() if k != "seconds"} == same
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_an_output_dir_that_is_a_file_is_refused_and_nothing_is_written(evaluated, relative):
+  config, workdir, _ = evaluated
+  path = os.path.join(workdir, "a_file")
+  with open(path, "w") as f:
+    f.write("x")
+  before = sorted(os.listdir(workdir))
+  other = config.copy_and_resolve_references()
+  other.eval.output_dir = "a_file" if relative else path
+  with pytest.raises(ConfigError, match=r"config\.eval\.output_dir = .* is a file"):
+    evaluate_lib.evaluate(other, workdir)
+  assert sorted(os.listdir(workdir)) == before
 
 
 def test_table_lists_every_scale_and_the_references(evaluated):
