@@ -13,7 +13,8 @@
 #   STEPS        training steps of every recipe (default 2200)
 #   ONLY         recipe names to train, space-separated (default all; "none" trains none)
 #   RUNS_FROM    a folder of finished workdirs to evaluate (default: none)
-#   EVALS        sampler settings for RUNS_FROM, "name|overrides" separated by ";" (default "ddpm100|")
+#   EVALS        sampler settings for RUNS_FROM, "name|overrides" separated by ";" (default "ddpm100|"); runs
+#                of another width than mnist_cpu's need its overrides here too
 #   SCALES       guidance scales (default "(1., 2., 3., 4., 5., 7.)")
 #   TRAIN_LIMIT  seconds after the start at which training still running is stopped with SIGTERM: it saves a
 #                checkpoint and is evaluated at the step it reached, which its report names (default 400)
@@ -29,9 +30,13 @@ train_limit=${TRAIN_LIMIT:-400}
 limit=${LIMIT:-540}
 config=configs/mnist_cpu.py
 extra=()
+# The study's starting point, mnist_cpu before the study: 32 channels, a constant rate, plain L_simple.
+study_base="--config.model.model_channels=32 --config.model.num_groups=32 --config.model.num_head_channels=64"
+study_base+=" --config.train.min_snr_gamma=0 --config.train.lr_schedule=constant"
 per_digit=100 sample_batch=1000
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   config=configs/tiny.py steps=4 per_digit=2 sample_batch=20 scales="(1., 3.)"
+  study_base="--config.train.min_snr_gamma=0 --config.train.lr_schedule=constant"  # tiny keeps its width.
   extra=(--config.eval.classifier_steps=3 "--config.eval.classifier_dir=$out_dir/classifier")
 fi
 mkdir -p "$out_dir/runs"
@@ -41,7 +46,7 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 start=$SECONDS
 
-# name | overrides. Every recipe is mnist_cpu as committed plus these.
+# name | overrides. Every recipe is mnist_cpu with $study_base plus these.
 msc="--config.train.min_snr_gamma=5 --config.train.lr_schedule=cosine"
 recipes=(
   "baseline|"
@@ -69,7 +74,7 @@ evaluate() {  # workdir name overrides log: evaluate a workdir's latest checkpoi
 }
 
 train_and_evaluate() {  # name overrides
-  local name=$1 overrides=$2 workdir=$out_dir/runs/$1 log=$out_dir/$1.log t0=$SECONDS
+  local name=$1 overrides="$study_base $2" workdir=$out_dir/runs/$1 log=$out_dir/$1.log t0=$SECONDS
   # shellcheck disable=SC2086
   timeout -s TERM "$(left "$train_limit")" python3 main.py --config=$config --workdir="$workdir" \
       --config.model.dtype=float32 --config.train.microbatch_size=0 --config.train.num_steps="$steps" \
