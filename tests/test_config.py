@@ -156,6 +156,7 @@ def test_the_message_shows_the_bad_value_and_the_fix():
 
 def test_a_narrower_model_is_told_the_group_and_head_sizes_that_fit():
   config = mnist_cpu.get_config()
+  config.model.num_groups, config.model.num_head_channels = 32, 64
   config.model.model_channels = 24  # Widths 24, 48, 48: not divisible by 32 groups or 64-channel heads.
   with pytest.raises(ConfigError, match=re.escape("num_groups=24.")):
     validate_config(config)
