@@ -1,7 +1,11 @@
 """The text-conditional model (GLIDE_REFERENCE.md §1–2) built from configs/tiny.py: shapes, zero output at
-init, the text-conditioning invariances, dropout, bfloat16 and the GLIDE base parameter count."""
+init, the text-conditioning invariances, dropout, bfloat16, the GLIDE base parameter count and the README's
+parameter table."""
 
 import functools
+import importlib
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +16,7 @@ from configs import tiny
 from glide_jax.config import validate_config
 from glide_jax.model import ModelConfig, Text2ImUNet, count_params, init_params
 from glide_jax.model.tokenizer import ByteTokenizer, get_tokenizer
+from helpers.paths import REPO
 
 BATCH = 6
 
@@ -252,3 +257,21 @@ def test_the_gpt2_tokenizer_gives_the_model_glides_vocabulary():
   model = Text2ImUNet(ModelConfig.from_config(config, get_tokenizer("gpt2").vocab_size))
   shapes = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
   assert shapes["text_encoder"]["token_embedding"]["embedding"].shape == (50257, config.model.xf_width)
+
+
+def _readme_parameter_table() -> dict[str, int]:
+  """The README's config table: {config path: the parameter count its last column gives}."""
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    rows = re.findall(r"^\| `(configs/\w+\.py)` \|.*\| ([\d,]+) \|$", f.read(), re.M)
+  return {path: int(count.replace(",", "")) for path, count in rows}
+
+
+@pytest.mark.parametrize("path, expected", sorted(_readme_parameter_table().items()))
+def test_the_readme_gives_each_configs_parameter_count(path, expected):
+  config = importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config()
+  model = Text2ImUNet(ModelConfig.from_config(config, get_tokenizer(config.model.tokenizer).vocab_size))
+  assert count_params(jax.eval_shape(functools.partial(init_params, model), jax.random.key(0))) == expected
+
+
+def test_the_readme_parameter_table_lists_the_cpu_configs():
+  assert {"configs/mnist_cpu.py", "configs/mnist_cpu_inpaint.py", "configs/tiny.py"} <= set(_readme_parameter_table())
