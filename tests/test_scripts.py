@@ -19,10 +19,13 @@ SCRIPT = os.path.join(REPO, "scripts", "reproduce_lesson.sh")
 
 
 def test_reproduce_lesson_dry_run_with_the_tiny_config(tmp_path):
+  """The three stages end to end. The lesson's 100-step sampler is replaced by 2 steps here (an override,
+  as a user gives one; that every stage receives it is asserted): its command lines are pinned by the
+  next test, without running anything."""
   workdir = tmp_path / "lesson"
   env = dict(main_env(), CONFIG="configs/tiny.py", PER_CELL="1")
   result = subprocess.run(
-      ["bash", SCRIPT, str(workdir), "--config.train.num_steps=2",
+      ["bash", SCRIPT, str(workdir), "--config.train.num_steps=2", "--config.sample.respacing=2",
        f"--config.eval.classifier_dir={tmp_path / 'classifier'}", "--config.eval.classifier_train_split=train[:1024]",
        "--config.eval.classifier_steps=30", "--config.eval.classifier_batch_size=64"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
@@ -32,7 +35,7 @@ def test_reproduce_lesson_dry_run_with_the_tiny_config(tmp_path):
   with open(workdir / "eval" / "eval.json") as f:
     report = json.load(f)
   assert [r["guidance_scale"] for r in report["results"]] == [0.0, 1.0, 2.0, 4.0, 7.0, 10.0, 20.0]
-  assert report["config"]["samples_per_digit"] == 7 and report["config"]["sampling_steps"] == 100
+  assert report["config"]["samples_per_digit"] == 7 and report["config"]["sampling_steps"] == 2
   with open(workdir / "timings.json") as f:
     timings = json.load(f)
   assert set(timings) == {"train_s", "sample_s", "eval_s", "device"} and timings["device"].startswith("cpu")
@@ -44,6 +47,33 @@ def test_reproduce_lesson_dry_run_with_the_tiny_config(tmp_path):
   assert rerun.returncode == 0, rerun.stderr[-4000:]
   with open(workdir / "timings.json") as f:
     assert set(json.load(f)) == set(timings)
+
+
+def test_reproduce_lesson_runs_the_lessons_sampler_and_sweep_at_every_stage(tmp_path):
+  """The commands the script runs, recorded by a stand-in `python3` on PATH: the lesson's 100-step sampler,
+  its 7 guidance scales and one sampling batch for the sweep and the evaluation, with the user's overrides
+  last (so they win)."""
+  bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+  bin_dir.mkdir()
+  (bin_dir / "python3").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\n')
+  (bin_dir / "python3").chmod(0o755)
+  workdir = tmp_path / "lesson"
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+  env.pop("CONFIG", None)
+  env.pop("PER_CELL", None)
+  env.pop("STAGES", None)
+  result = subprocess.run(["bash", SCRIPT, str(workdir), "--config.model.dtype=float32"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-4000:]
+  calls_made = read(calls).splitlines()
+  lines = [line for line in calls_made if line.startswith("main.py ")]
+  assert len(lines) == 3, calls_made
+  assert calls_made[-1].startswith(f"- {workdir}/timings.json train "), calls_made  # Then the timings file.
+  common = (f"main.py --config=configs/mnist.py --workdir={workdir} --config.sample.guidance_scales=(0.,1.,2.,4.,7.,"
+            f"10.,20.) --config.sample.respacing=100 --config.sample.batch_size=280")
+  assert lines[0] == f"{common} --mode=train --config.model.dtype=float32"
+  assert lines[1] == f"{common} --mode=sample --config.sample.num_per_prompt=4 --config.model.dtype=float32"
+  assert lines[2] == f"{common} --mode=eval --config.eval.samples_per_digit=28 --config.model.dtype=float32"
 
 
 def test_sigterm_to_the_script_reaches_training_which_saves_and_stops(tmp_path):
