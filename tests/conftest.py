@@ -12,9 +12,34 @@ _SHARED_TFDS = os.path.join(os.path.dirname(REPO), "shared", "tensorflow_dataset
 if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(_SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = _SHARED_TFDS
 
+# The suite compiles hundreds of small programs and runs each for seconds: XLA's optimisation passes cost more
+# than they save here (on a 2-core CPU a tiny training step compiles in about half the time and runs about
+# half as fast). Set before JAX is imported; subprocesses inherit it. Tests of the optimised numbers
+# themselves ask for `full_optimizations`; GLIDE_TEST_FULL_OPTIMIZATIONS=1 runs the whole suite optimised.
+if os.environ.get("GLIDE_TEST_FULL_OPTIMIZATIONS", "") not in ("", "0"):
+  os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
+else:
+  os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Compiled programs are reused across tests (and subprocesses, through the environment variable).
 _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".pytest_cache", "xla"))
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+@pytest.fixture
+def full_optimizations():
+  """XLA's full optimisation for the programs a test compiles (as users run them), whatever the suite uses.
+
+  The flag is read when a program is compiled, and it is part of the persistent cache's key, so programs
+  the test builds afresh are compiled (or loaded) optimised.
+  """
+  before = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", False)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)

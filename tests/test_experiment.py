@@ -27,7 +27,7 @@ def has_avx512f() -> bool:
     return False
 
 
-def test_tiny_trajectory_matches_the_recording():
+def test_tiny_trajectory_matches_the_recording(full_optimizations):
   """The first steps' loss, MSE, VLB and gradient norm, and a sampler call, equal those recorded before the
   package was restructured: bit for bit where XLA compiles the same code (same JAX, same vector ISA); to
   float rounding elsewhere, since XLA's CPU kernels sum in another order with AVX-512."""
