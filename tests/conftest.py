@@ -45,16 +45,22 @@ def full_optimizations():
     jax.config.update("jax_disable_most_optimizations", before)
 
 
-# Files that take minutes (cold cache, 2-core CPU; docs/testing.md), started first so that `pytest -n 2
-# --dist loadfile` does not end on one worker running a long file while the other waits.
-SLOW_FILES_FIRST = ("test_multihost.py", "test_sharding.py", "train/test_preemption.py", "editing/test_edit.py",
-                    "test_datasets.py", "test_main.py", "test_notebook.py", "sampling/test_cascade.py",
-                    "test_scripts.py", "train/test_divergence.py")
+# Files that take a minute or more (cold cache, 2-core CPU; docs/testing.md). They are marked `slow`
+# (`pytest -m "not slow"` leaves them out while iterating; CI runs everything) and start first, so that
+# `pytest -n 2 --dist loadfile` does not end on one worker running a long file while the other waits.
+SLOW_FILES = ("test_multihost.py", "test_sharding.py", "train/test_preemption.py", "editing/test_edit.py",
+              "test_datasets.py", "test_main.py", "test_notebook.py", "sampling/test_cascade.py",
+              "test_scripts.py", "train/test_divergence.py")
 
 
+def _slow_rank(item) -> int:
+  path = item.path.as_posix()
+  return next((i for i, name in enumerate(SLOW_FILES) if path.endswith("/tests/" + name)), len(SLOW_FILES))
+
+
+@pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marker.
 def pytest_collection_modifyitems(config, items):
-  def rank(item):
-    path = item.path.as_posix()
-    return next((i for i, name in enumerate(SLOW_FILES_FIRST) if path.endswith("/tests/" + name)),
-                len(SLOW_FILES_FIRST))
-  items.sort(key=rank)  # Stable: tests keep their order within a file, and the other files theirs.
+  for item in items:
+    if _slow_rank(item) < len(SLOW_FILES):
+      item.add_marker(pytest.mark.slow)
+  items.sort(key=_slow_rank)  # Stable: tests keep their order within a file, and the other files theirs.
