@@ -209,8 +209,10 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
       if bar is not None:
         bar.update(1)
   finally:
-    if bar is not None:
-      bar.close()
-    checkpointer.wait()
-    writer.close()
+    try:
+      if bar is not None:
+        bar.close()
+      checkpointer.wait()  # Raises a failed background save (a full disk): the writer is closed all the same.
+    finally:
+      writer.close()
   return state

@@ -9,6 +9,8 @@ from typing import Mapping, Optional
 import jax
 import numpy as np
 
+from glide_jax.errors import is_disk_full
+
 
 class MetricWriter:
   """Writes scalars to `metrics.jsonl` and TensorBoard; images to TensorBoard. A no-op off process 0."""
@@ -44,7 +46,14 @@ class MetricWriter:
       self._tb.flush()
 
   def close(self) -> None:
+    """Closes both files. On a full disk the last TensorBoard events are lost, not raised: the error that
+    stopped training names the problem (metrics.jsonl is flushed at every write), and an unclosed writer
+    would raise again from TensorBoardX's exit handler, as a traceback after that one-line error."""
     if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
       self.enabled = False
+      self._jsonl.close()
+      try:
+        self._tb.close()
+      except OSError as e:
+        if not is_disk_full(e):
+          raise
