@@ -13,8 +13,9 @@ if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(_SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = _SHARED_TFDS
 
 # The suite compiles hundreds of small programs and runs each for seconds: XLA's optimisation passes cost more
-# than they save here (docs/testing.md has the figures). Set before JAX is imported; subprocesses inherit it. Tests of the optimised numbers
-# themselves ask for `full_optimizations`; GLIDE_TEST_FULL_OPTIMIZATIONS=1 runs the whole suite optimised.
+# than they save here (docs/testing.md has the figures). Set before JAX is imported; subprocesses inherit it.
+# Tests of the optimised numbers themselves ask for `full_optimizations`; GLIDE_TEST_FULL_OPTIMIZATIONS=1 runs
+# the whole suite optimised.
 if os.environ.get("GLIDE_TEST_FULL_OPTIMIZATIONS", "") not in ("", "0"):
   os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
 else:
