@@ -58,10 +58,8 @@ def test_reproduce_lesson_runs_the_lessons_sampler_and_sweep_at_every_stage(tmp_
   (bin_dir / "python3").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {calls}\n')
   (bin_dir / "python3").chmod(0o755)
   workdir = tmp_path / "lesson"
-  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-  env.pop("CONFIG", None)
-  env.pop("PER_CELL", None)
-  env.pop("STAGES", None)
+  env = {k: v for k, v in os.environ.items() if k not in ("CONFIG", "PER_CELL", "STAGES")}  # The defaults.
+  env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
   result = subprocess.run(["bash", SCRIPT, str(workdir), "--config.model.dtype=float32"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 0, result.stderr[-4000:]
