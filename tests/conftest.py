@@ -13,13 +13,17 @@ if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(_SHARED_TFDS):
   os.environ["TFDS_DATA_DIR"] = _SHARED_TFDS
 
 # The suite compiles hundreds of small programs and runs each for seconds: XLA's optimisation passes cost more
-# than they save here (docs/testing.md has the figures). Set before JAX is imported; subprocesses inherit it.
-# Tests of the optimised numbers themselves ask for `full_optimizations`; GLIDE_TEST_FULL_OPTIMIZATIONS=1 runs
-# the whole suite optimised.
+# than they save here, and XLA:CPU's older loop emitters compile faster than its fusion emitters
+# (docs/testing.md has the figures). Set before JAX is imported; subprocesses inherit both. Tests of the
+# optimised numbers themselves run a subprocess in `full_optimizations_env`; GLIDE_TEST_FULL_OPTIMIZATIONS=1
+# runs the whole suite as users compile.
+_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+FAST_COMPILE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 if os.environ.get("GLIDE_TEST_FULL_OPTIMIZATIONS", "") not in ("", "0"):
   os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
 else:
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+  os.environ["XLA_FLAGS"] = f"{_USER_XLA_FLAGS} {FAST_COMPILE_XLA_FLAGS}".strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -31,18 +35,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture
-def full_optimizations():
-  """XLA's full optimisation for the programs a test compiles (as users run them), whatever the suite uses.
-
-  The flag is read when a program is compiled, and it is part of the persistent cache's key, so programs
-  the test builds afresh are compiled (or loaded) optimised.
-  """
-  before = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", False)
-  try:
-    yield
-  finally:
-    jax.config.update("jax_disable_most_optimizations", before)
+def full_optimizations_env():
+  """The environment for a subprocess that compiles as users compile: XLA's full optimisation and the
+  XLA_FLAGS the suite was started with, without the suite's compile shortcuts (flags XLA reads once per
+  process, hence a subprocess). For tests that pin the optimised numbers themselves."""
+  return dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="0", XLA_FLAGS=_USER_XLA_FLAGS, PYTHONPATH=REPO)
 
 
 # Files that take a minute or more (cold cache, 2-core CPU; docs/testing.md). They are marked `slow`

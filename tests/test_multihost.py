@@ -16,6 +16,7 @@ from configs import tiny
 from glide_jax.experiment import Experiment
 from glide_jax.train.loop import train
 from helpers.paths import REPO
+from helpers.xla import xla_flags
 
 TIMEOUT_S = 480  # Per launch; about a minute each on an idle 2-core machine.
 OVERRIDES = {"train.log_every": 1, "train.checkpoint_every": 2, "train.keep_checkpoints": 10,
@@ -30,7 +31,7 @@ def free_port() -> int:
 
 def launch(workdir, num_steps, num_processes, devices_per_process, mesh="(-1, 1)"):
   """Starts every process of one job with main.py and waits for all (killing them on a timeout)."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices_per_process))
   cmd = [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "tiny.py"),
          f"--workdir={workdir}", f"--config.train.num_steps={num_steps}", f"--config.mesh.shape={mesh}"]
   cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]

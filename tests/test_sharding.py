@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from glide_jax import sharding
 from glide_jax.errors import ConfigError
 from helpers.paths import REPO
+from helpers.xla import xla_flags
 
 MESHES = ("8x1", "4x2", "2x4")
 
@@ -41,7 +42,7 @@ def test_fsdp_spec_shards_the_largest_divisible_dimension():
 @pytest.fixture(scope="module")
 def report():
   """8 host CPU devices (in a subprocess: the flag must be set before JAX starts)."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=REPO)
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers", "sharded_vs_single.py"),
                            *MESHES], env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]

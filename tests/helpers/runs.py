@@ -12,6 +12,7 @@ import jax
 from configs import tiny
 from glide_jax.experiment import Experiment
 from helpers.paths import REPO
+from helpers.xla import xla_flags
 
 HOST_DEVICES = 2  # Every main.py subprocess gets exactly this many CPU devices, whatever the machine.
 TMP_MARK = "orbax-checkpoint-tmp"
@@ -19,7 +20,7 @@ TMP_MARK = "orbax-checkpoint-tmp"
 
 def main_env():
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={HOST_DEVICES}"
+  env["XLA_FLAGS"] = xla_flags(HOST_DEVICES)
   env["JAX_PLATFORMS"] = "cpu"
   # Cache even quick compiles: every restart would otherwise recompile Orbax's dozens of small save programs.
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
