@@ -5,7 +5,9 @@ The package is imported from the checkout (pytest.ini's `pythonpath`, or `pip in
 
 import os
 
+from glide_jax.runtime import CPU_MEMORY_SCHEDULER  # (Imports no JAX.)
 from helpers.paths import REPO
+from helpers.xla import HOST_DEVICES, host_device_flag
 
 # The prepared MNIST beside the checkout (read-only); nothing is ever downloaded in tests.
 _SHARED_TFDS = os.path.join(os.path.dirname(REPO), "shared", "tensorflow_datasets")
@@ -17,13 +19,19 @@ if not os.environ.get("TFDS_DATA_DIR") and os.path.isdir(_SHARED_TFDS):
 # (docs/testing.md has the figures). Set before JAX is imported; subprocesses inherit both. Tests of the
 # optimised numbers themselves run a subprocess in `full_optimizations_env`; GLIDE_TEST_FULL_OPTIMIZATIONS=1
 # runs the whole suite as users compile.
-_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+# As given to pytest: xdist workers inherit the controller's environment, which this file has already changed.
+_USER_XLA_FLAGS = os.environ.setdefault("GLIDE_TEST_USER_XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
 FAST_COMPILE_XLA_FLAGS = "--xla_cpu_use_fusion_emitters=false"
 if os.environ.get("GLIDE_TEST_FULL_OPTIMIZATIONS", "") not in ("", "0"):
   os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
+  _suite_flags = ""
 else:
   os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-  os.environ["XLA_FLAGS"] = f"{_USER_XLA_FLAGS} {FAST_COMPILE_XLA_FLAGS}".strip()
+  _suite_flags = FAST_COMPILE_XLA_FLAGS
+# The tests run on the CPU devices main.py gives its subprocesses (HOST_DEVICES), with main.py's CPU scheduler:
+# a program compiled here and the same program in a main.py subprocess are one entry in the compilation cache.
+_flags = (_USER_XLA_FLAGS, _suite_flags, CPU_MEMORY_SCHEDULER, host_device_flag(HOST_DEVICES))
+os.environ["XLA_FLAGS"] = " ".join(f for f in _flags if f)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -12,9 +12,8 @@ import jax
 from configs import tiny
 from glide_jax.experiment import Experiment
 from helpers.paths import REPO
-from helpers.xla import xla_flags
+from helpers.xla import HOST_DEVICES, xla_flags
 
-HOST_DEVICES = 2  # Every main.py subprocess gets exactly this many CPU devices, whatever the machine.
 TMP_MARK = "orbax-checkpoint-tmp"
 
 
