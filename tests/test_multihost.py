@@ -1,5 +1,5 @@
 """Multi-controller training on CPU through main.py: 2 processes x 2 devices (gloo collectives) against
-this process's single device, and a checkpoint written on 8 devices restored here and trained on."""
+this test process's devices, and a checkpoint written on 8 devices restored here and trained on."""
 
 import json
 import os
@@ -72,7 +72,8 @@ def runs(tmp_path_factory):
   first = launch(two, 4, num_processes=2, devices_per_process=2)
   checkpoints_after_first = sorted(os.listdir(two / "checkpoints"))
   resumed = launch(two, 6, num_processes=2, devices_per_process=2)
-  # The reference trains here, on one device: the programs the rest of the suite compiles, not another launch.
+  # The reference trains here, on the suite's devices (tests/helpers/xla.py): programs the rest of the suite
+  # compiles, not another launch.
   train(tiny_config(6), str(one))
   return dict(two=two, one=one, first=first, resumed=resumed, checkpoints_after_first=checkpoints_after_first)
 
@@ -82,7 +83,7 @@ def test_every_process_joins_the_global_mesh(runs):
     assert f"JAX process {i} of 2: 2 local devices, 4 in all." in out
 
 
-def test_loss_trajectory_matches_one_process_on_one_device(runs):
+def test_loss_trajectory_matches_one_process_with_the_suites_devices(runs):
   steps_two, loss_two = losses(runs["two"])
   steps_one, loss_one = losses(runs["one"])
   assert steps_two == steps_one == [1, 2, 3, 4, 5, 6]  # Only process 0 logs: no line is written twice.
