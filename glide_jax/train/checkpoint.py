@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from glide_jax.errors import UserError, is_disk_full
 from glide_jax.model.model_config import COMPUTE_FIELDS
@@ -65,6 +66,26 @@ def _disk_full_is_a_user_error(method):
   return wrapper
 
 
+def _write_each_array_whole_in_one_process() -> None:
+  """Orbax splits each replicated array among its replicas so that several hosts share the writing; it
+  slices with one small jitted program per array shape, compiled at a run's first save (about 60 for the
+  UNet). With one process every replica is written by this process anyway: write each array whole."""
+  global _arrays_written_whole
+  if _arrays_written_whole or jax.process_count() > 1:
+    return
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns that it replaces its default handler.
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+  finally:
+    absl_logging.set_verbosity(verbosity)
+  _arrays_written_whole = True
+
+
+_arrays_written_whole = False
+
+
 class Checkpointer:
   """Saves when told (the training loop decides when), keeps the last `keep`, restores the latest."""
 
@@ -74,6 +95,7 @@ class Checkpointer:
     # Partial saves of a killed run are removed, never read. (Read-only: no retention or save interval,
     # which Orbax would otherwise warn about overriding.)
     writable = dict(save_interval_steps=0) if read_only else dict(max_to_keep=keep)
+    _write_each_array_whole_in_one_process()
     options = ocp.CheckpointManagerOptions(
         create=not read_only, read_only=read_only, enable_async_checkpointing=True,
         cleanup_tmp_directories=not read_only, **writable)

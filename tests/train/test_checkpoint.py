@@ -5,10 +5,15 @@ import os
 import shutil
 import warnings
 
+import jax
+import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from glide_jax import sharding
 from glide_jax.errors import UserError
-from glide_jax.train.checkpoint import config_to_json, model_config_differences, recipe_differences
+from glide_jax.train.checkpoint import Checkpointer, config_to_json, model_config_differences, recipe_differences
 from glide_jax.train.loop import train
 from helpers.runs import (
   assert_nothing_removed_or_changed,
@@ -173,3 +178,37 @@ def test_resume_with_another_recipe_says_so_and_trains_on(four_steps, capsys):
   assert ("warning: this run continues with another training recipe than its checkpoint's: "
           "train.learning_rate: 0.001 in the checkpoint, 0.0005 now.") in out, out
   assert checkpoint_steps(four_steps)[-1] == 5
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. One process writes each replicated array whole: a save compiles nothing.
+
+
+def test_a_save_in_one_process_compiles_no_slicing_programs(tmp_path):
+  """Orbax's replica-parallel writing slices every replicated array with a jitted program per shape (about
+  60 compiles at a run's first save); in one process it gains nothing, so it is off."""
+  mesh = sharding.make_mesh((-1, 1))
+  assert mesh.devices.size == 2  # Replicated over two devices: what replica-parallel would split.
+  replicated = NamedSharding(mesh, P())
+  state = {"w": jax.device_put(np.arange(96, dtype=np.float32).reshape(8, 12), replicated),
+           "b": jax.device_put(np.arange(10, dtype=np.float32) + 0.5, replicated)}
+  compiles = []
+
+  def count_compiles(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(count_compiles)
+  try:
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+    checkpointer.save(1, state, tiny_config())
+    checkpointer.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count_compiles)
+  assert compiles == []
+  reader = Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+  abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in state.items()}
+  restored, _ = reader.restore(abstract)
+  reader.close()
+  for k in state:
+    np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(state[k]))
