@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from glide_jax.runtime import CPU_MEMORY_SCHEDULER, use_all_cpu_cores
 from helpers.paths import REPO
 
 # Compiles one small program and prints where the cache is and how many cache hits and misses it saw.
@@ -59,3 +60,21 @@ def test_an_unwritable_cache_dir_warns_and_runs_without(tmp_path):
   assert result["path"] is None
   assert f"warning: compilation cache off: cannot create {blocker / 'cache'}" in result["stdout"]
   assert "GLIDE_JAX_CACHE_DIR" in result["stdout"]
+
+
+def test_use_all_cpu_cores_adds_a_device_per_core_and_the_memory_scheduler_unless_given(monkeypatch):
+  """Only XLA_FLAGS changes (JAX, already started in this process, does not read it again)."""
+  cores = len(os.sched_getaffinity(0))
+  monkeypatch.delenv("GLIDE_HOST_DEVICES", raising=False)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/nowhere")
+  use_all_cpu_cores()
+  assert os.environ["XLA_FLAGS"].split() == [
+      "--xla_dump_to=/nowhere", CPU_MEMORY_SCHEDULER, f"--xla_force_host_platform_device_count={cores}"]
+  given = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_DEFAULT --xla_force_host_platform_device_count=3"
+  monkeypatch.setenv("XLA_FLAGS", given)
+  use_all_cpu_cores()
+  assert os.environ["XLA_FLAGS"] == given
+  monkeypatch.setenv("XLA_FLAGS", "")
+  monkeypatch.setenv("GLIDE_HOST_DEVICES", "0")
+  use_all_cpu_cores()
+  assert os.environ["XLA_FLAGS"] == CPU_MEMORY_SCHEDULER
