@@ -26,29 +26,22 @@ def test_a_disabled_writer_writes_nothing(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
-def _writer_whose_tensorboard_close_raises(directory, error):
-  directory.mkdir()
-  writer = MetricWriter(str(directory), enabled=True)
+def _tensorboard_close_raises(writer, monkeypatch, error):
   def close():
     raise error
-  writer._tb.close = close
-  return writer
+  monkeypatch.setattr(writer._tb, "close", close)
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_close_loses_the_last_events_on_a_full_disk_without_raising(tmp_path, code):
-  writer = _writer_whose_tensorboard_close_raises(tmp_path / "run", OSError(code, "full"))
-  tb = writer._tb
+def test_close_loses_the_last_events_on_a_full_disk_without_raising(tmp_path, monkeypatch, code):
+  writer = MetricWriter(str(tmp_path), enabled=True)
+  _tensorboard_close_raises(writer, monkeypatch, OSError(code, "full"))
   writer.close()  # The error that stopped training already names the full disk.
   assert not writer.enabled and writer._jsonl.closed
-  del tb.close
-  tb.close()
 
 
-def test_close_raises_any_other_error(tmp_path):
-  writer = _writer_whose_tensorboard_close_raises(tmp_path / "run", OSError(errno.EACCES, "Permission denied"))
-  tb = writer._tb
+def test_close_raises_any_other_error(tmp_path, monkeypatch):
+  writer = MetricWriter(str(tmp_path), enabled=True)
+  _tensorboard_close_raises(writer, monkeypatch, OSError(errno.EACCES, "Permission denied"))
   with pytest.raises(OSError, match="Permission denied"):
     writer.close()
-  del tb.close
-  tb.close()
