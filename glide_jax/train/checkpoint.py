@@ -44,6 +44,9 @@ def config_from_json(saved: dict, defaults: ml_collections.ConfigDict) -> ml_col
   return config
 
 
+_UNSTARTED_WRITE = r"coroutine '.*write_fragment' was never awaited"
+
+
 def _disk_full_is_a_user_error(method):
   """Checkpointer methods that write: a full disk becomes a UserError naming the checkpoint that is intact."""
   @functools.wraps(method)
@@ -53,6 +56,9 @@ def _disk_full_is_a_user_error(method):
     except Exception as e:
       if not is_disk_full(e):
         raise
+      # The failed save leaves Orbax's other fragment writes unstarted; Python would warn about each at exit,
+      # after the error message that has to be the last thing printed.
+      warnings.filterwarnings("ignore", message=_UNSTARTED_WRITE, category=RuntimeWarning)
       try:  # Earlier saves still in flight may have finished (or failed too).
         self.manager.wait_until_finished()
       except Exception:

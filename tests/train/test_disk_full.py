@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import uuid
+import warnings
 
 import orbax.checkpoint as ocp
 import pytest
@@ -42,6 +43,11 @@ def test_a_failed_save_on_a_full_disk_is_a_user_error_and_the_rerun_resumes(tmp_
   with pytest.raises(UserError, match=r"the disk is full\. Training stopped; the checkpoint at step 2 is intact"):
     train(tiny_config(num_steps=6, checkpoint_every=2), workdir)
   assert checkpoint_steps(workdir) == [2]
+  # Python's exit-time warning about the failed save's unstarted writes would follow the error message.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.warn("coroutine 'async_serialize_from_host.<locals>.write_fragment' was never awaited", RuntimeWarning)
+    warnings.warn("coroutine 'something_else' was never awaited", RuntimeWarning)
+  assert [str(w.message) for w in caught] == ["coroutine 'something_else' was never awaited"]
   monkeypatch.setattr(ocp.CheckpointManager, "save", original)
   state = train(tiny_config(num_steps=6, checkpoint_every=2), workdir)
   assert int(state.step) == 6 and checkpoint_steps(workdir) == [2, 4, 6]
