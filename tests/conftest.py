@@ -50,22 +50,38 @@ def full_optimizations_env():
   return dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="0", XLA_FLAGS=_USER_XLA_FLAGS, PYTHONPATH=REPO)
 
 
-# Files that take a minute or more (cold cache, 2-core CPU; docs/testing.md). They are marked `slow`
-# (`pytest -m "not slow"` leaves them out while iterating; CI runs everything) and start first, so that
-# `pytest -n 2 --dist loadfile` does not end on one worker running a long file while the other waits.
-SLOW_FILES = ("test_multihost.py", "test_sharding.py", "train/test_preemption.py", "editing/test_edit.py",
-              "test_datasets.py", "test_main.py", "test_notebook.py", "sampling/test_cascade.py",
-              "test_scripts.py", "train/test_divergence.py")
+# Seconds each file took in a cold CI run (2-core AVX2 EPYC, with the other worker busy; docs/testing.md).
+# `pytest -n 2 --dist loadfile` starts the longest first, so that the run does not end on one worker running a
+# long file while the other waits; unlisted files (a few seconds each) come last, in collection order. Files of a
+# minute or more are marked `slow`: `pytest -m "not slow"` leaves them out while iterating (CI runs everything).
+FILE_SECONDS = {
+    "test_main.py": 172, "train/test_preemption.py": 159, "test_multihost.py": 153, "test_sharding.py": 129,
+    "test_scripts.py": 129, "sampling/test_cascade.py": 82, "train/test_divergence.py": 74,
+    "editing/test_edit.py": 73, "train/test_checkpoint.py": 72, "test_convert.py": 64,
+    "train/test_workdir_lock.py": 62, "test_experiment.py": 60, "train/test_loop.py": 60, "test_datasets.py": 57,
+    "train/test_disk_full.py": 51, "evaluation/test_evaluate.py": 50, "test_notebook.py": 42,
+    "train/test_step.py": 36, "evaluation/test_classifier.py": 34, "sampling/test_guided.py": 33,
+    "test_runtime.py": 32, "test_data_prepare.py": 30, "model/test_text2im.py": 30,
+    "editing/test_known_region.py": 22, "model/test_unet.py": 21, "sampling/test_sweep.py": 21,
+    "released/test_keymap.py": 19, "model/test_model_config.py": 14,
+}
+SLOW_SECONDS = 60
 
 
-def _slow_rank(item) -> int:
+def _file_seconds(item) -> int:
   path = item.path.as_posix()
-  return next((i for i, name in enumerate(SLOW_FILES) if path.endswith("/tests/" + name)), len(SLOW_FILES))
+  return next((s for name, s in FILE_SECONDS.items() if path.endswith("/tests/" + name)), 0)
+
+
+def pytest_configure(config):
+  # xdist orders test files by their number of tests unless told not to; the order below is the one wanted.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 @pytest.hookimpl(tryfirst=True)  # Before `-m` deselects by marker.
 def pytest_collection_modifyitems(config, items):
   for item in items:
-    if _slow_rank(item) < len(SLOW_FILES):
+    if _file_seconds(item) >= SLOW_SECONDS:
       item.add_marker(pytest.mark.slow)
-  items.sort(key=_slow_rank)  # Stable: tests keep their order within a file, and the other files theirs.
+  items.sort(key=lambda item: -_file_seconds(item))  # Stable: tests keep their order within a file.
