@@ -35,6 +35,22 @@ from glide_jax.train.step import (
 )
 
 
+def _mesh_the_batch_fits(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """config.mesh.shape over every device, or (one process, a -1 axis) over as many as the training
+  microbatch splits over evenly, with a line saying so: a CPU has one device per core, and 6 cores with
+  microbatches of 16 train on 4 rather than stopping."""
+  devices = jax.devices()
+  t = config.train
+  rows, field = (t.microbatch_size, "microbatch_size") if t.microbatch_size else (t.batch_size, "batch_size")
+  count = len(devices)
+  if jax.process_count() == 1:
+    count = sharding_lib.devices_for_batch(config.mesh.shape, rows, len(devices))
+  if count < len(devices):
+    print(f"Using {count} of the {len(devices)} devices: config.train.{field} = {rows} examples split evenly over "
+          f"{count}; a multiple of {len(devices)} would use them all.", flush=True)
+  return sharding_lib.make_mesh(config.mesh.shape, devices[:count])
+
+
 class Experiment:
   """A validated config made concrete: tokenizer, model, diffusion, mesh, state layout and workdir."""
 
@@ -47,7 +63,7 @@ class Experiment:
     self.model_config = ModelConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = Text2ImUNet(self.model_config)
     self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps)
-    self.mesh = mesh if mesh is not None else sharding_lib.make_mesh(config.mesh.shape)
+    self.mesh = mesh if mesh is not None else _mesh_the_batch_fits(config)
     self.optimizer = make_optimizer(config)
     self.init_fn, self.state_shardings = make_sharded_init(self.mesh, self.model, self.optimizer,
                                                            stream_key(config.seed, "init"))

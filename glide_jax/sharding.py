@@ -40,6 +40,25 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   return shape
 
 
+def devices_for_batch(shape: Sequence[int], rows: int, num_devices: int) -> int:
+  """The most devices, at most num_devices, that a mesh of this shape with a -1 axis spans while splitting
+  `rows` (the examples of one microbatch, or of the batch) into equal whole parts; num_devices itself when
+  the shape has no -1 (the user fixed the sizes) or when no count fits (the full count's error says why).
+
+  On a CPU with one device per core, e.g. 6 cores and microbatches of 16 rows: 4 devices.
+  """
+  if -1 not in tuple(shape):
+    return num_devices
+  for count in range(num_devices, 0, -1):
+    try:
+      data, fsdp = resolve_mesh_shape(shape, count)
+    except ConfigError:
+      continue
+    if rows % (data * fsdp) == 0:
+      return count
+  return num_devices
+
+
 def make_mesh(shape: Sequence[int] = (-1, 1), devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A ("data", "fsdp") mesh over all (or the given) devices."""
   devices = list(devices if devices is not None else jax.devices())
@@ -83,13 +102,20 @@ def state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
 def check_batch_divisible(global_batch: int, mesh: Mesh, what: str = "config.train.batch_size",
                           microbatches: int = 1) -> None:
   """Each of the mesh's batch-sharding devices must get the same whole number of rows of every microbatch."""
-  n = mesh.shape["data"] * mesh.shape["fsdp"] * microbatches
-  if global_batch % n:
-    per = f"{n // microbatches} devices of the mesh {dict(mesh.shape)}"
-    if microbatches > 1:
-      per += f" times its {microbatches} microbatches (config.train.microbatch_size)"
-    raise UserError(f"{what} = {global_batch} is not divisible by the {per}; use a multiple of {n}, "
-                    f"e.g. {max(n, global_batch // n * n)}.")
+  devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  n = devices * microbatches
+  if global_batch % n == 0:
+    return
+  where = f"the {devices} devices of the mesh {dict(mesh.shape)}"
+  if microbatches == 1:
+    raise UserError(f"{what} = {global_batch} is not divisible by {where}; use a multiple of {devices}, e.g. "
+                    f"{-(-global_batch // devices) * devices}.")
+  micro = global_batch // microbatches
+  new_micro = -(-micro // devices) * devices
+  raise UserError(f"{what} = {global_batch} in microbatches of {micro} (config.train.microbatch_size) does not "
+                  f"split over {where}: each microbatch must be a multiple of {devices} examples, e.g. "
+                  f"--config.train.microbatch_size={new_micro} --config.train.batch_size="
+                  f"{-(-global_batch // new_micro) * new_micro}.")
 
 
 def put_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -24,6 +24,7 @@ from helpers.runs import (
   snapshot,
   tiny_config,
 )
+from helpers.xla import xla_flags
 
 # ---------------------------------------------------------------------------------------------------------
 # 6. User errors through main.py: "error: ..." on stderr, exit code 2, no traceback, nothing deleted.
@@ -41,7 +42,7 @@ USER_ERRORS = [
      r"data\.image_size = 17 is invalid.*divisible by 2"),
     ("attention_never_reached", "train", "trained", ["--config.model.attention_resolutions=(5,)"],
      r"attention_resolutions.*never works at 5x5"),
-    ("batch_not_divisible", "train", "trained", ["--config.train.batch_size=15"],
+    ("batch_not_divisible", "train", "trained", ["--config.train.batch_size=15", "--config.mesh.shape=(2,1)"],
      r"batch_size = 15 is not divisible by the 2 devices"),
     ("workdir_is_a_file", "train", "file", [], r"is a file"),
     ("missing_dataset", "train", "trained", ["--config.data.data_dir=/nonexistent", "--config.data.download=False"],
@@ -74,7 +75,7 @@ USER_ERRORS = [
      r"config\.sample\.respacing = '2000' is invalid.*cannot hold 2000"),
     ("eval_setting_in_train_mode", "train", "absent", ["--config.eval.samples_per_digit=1"],
      r"config\.eval\.samples_per_digit = 1 is invalid"),
-    ("batch_not_divisible_fresh", "train", "absent", ["--config.train.batch_size=15"],
+    ("batch_not_divisible_fresh", "train", "absent", ["--config.train.batch_size=15", "--config.mesh.shape=(2,1)"],
      r"batch_size = 15 is not divisible by the 2 devices"),
     ("missing_dataset_fresh", "train", "absent",
      ["--config.data.data_dir=/nonexistent", "--config.data.download=False"],
@@ -241,6 +242,19 @@ def test_the_package_is_importable_from_anywhere_once_installed(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.strip() == os.path.join(REPO, "glide_jax", "__init__.py")
+
+
+@pytest.mark.parametrize("host_devices,used", [(3, 2), (6, 4)])
+def test_any_core_count_trains_on_the_devices_the_batch_splits_over(tmp_path, host_devices, used):
+  """One CPU device per core: the tiny config's batch of 16 splits over 2 of 3 cores' devices and 4 of 6."""
+  env = dict(main_env(), XLA_FLAGS=xla_flags(host_devices))
+  result = subprocess.run(main_cmd(tmp_path / "run", "--config.train.num_steps=2"), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.splitlines()[0] == (f"Using {used} of the {host_devices} devices: config.train.batch_size = 16 "
+                                           f"examples split evenly over {used}; a multiple of {host_devices} would "
+                                           f"use them all."), result.stdout
+  assert checkpoint_steps(tmp_path / "run") == [2]
 
 
 def test_a_fresh_training_run_prints_nothing_but_progress(tmp_path):

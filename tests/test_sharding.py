@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from glide_jax import sharding
-from glide_jax.errors import ConfigError
+from glide_jax.errors import ConfigError, UserError
 from helpers.paths import REPO
 from helpers.xla import xla_flags
 
@@ -37,6 +37,26 @@ def test_fsdp_spec_shards_the_largest_divisible_dimension():
   assert sharding.fsdp_spec((4099,), 2) == P()                  # Nothing divides: replicated.
   assert sharding.fsdp_spec((64,), 4) == P()                    # Small: replicated.
   assert sharding.fsdp_spec((3, 3, 64, 128), 1) == P()          # No fsdp axis.
+
+
+def test_devices_for_batch_takes_the_most_devices_the_microbatch_splits_over():
+  # mnist_cpu's microbatches of 16 on a CPU of 1, 3, 6, 12 and 64 cores (one device per core).
+  assert [sharding.devices_for_batch((-1, 1), 16, n) for n in (1, 3, 6, 12, 64)] == [1, 2, 4, 8, 16]
+  assert sharding.devices_for_batch((-1, 2), 16, 7) == 4   # fsdp 2: the data axis takes 2 of the 4.
+  assert sharding.devices_for_batch((-1, 1), 15, 2) == 1
+  assert sharding.devices_for_batch((2, 1), 15, 2) == 2    # Sizes the user fixed are kept; the error says why.
+  assert sharding.devices_for_batch((-1, 2), 15, 6) == 6   # Nothing fits: the full count, and its error.
+
+
+def test_an_indivisible_batch_names_sizes_that_fit():
+  mesh = sharding.make_mesh((-1, 1))  # The suite's 2 devices.
+  with pytest.raises(UserError, match=r"batch_size = 15 is not divisible by the 2 devices .*of 2, e\.g\. 16\."):
+    sharding.check_batch_divisible(15, mesh)
+  with pytest.raises(UserError, match=r"batch_size = 18 in microbatches of 3 \(config\.train\.microbatch_size\) does "
+                     r"not split .* multiple of 2 examples, e\.g\. --config\.train\.microbatch_size=4 "
+                     r"--config\.train\.batch_size=20\."):
+    sharding.check_batch_divisible(18, mesh, microbatches=6)
+  sharding.check_batch_divisible(20, mesh, microbatches=5)  # Microbatches of 4: 2 rows per device.
 
 
 @pytest.fixture(scope="module")
@@ -88,5 +108,6 @@ def test_indivisible_batch_is_a_clear_error(report):
   assert "not divisible by the 8 devices" in report["indivisible_error"]
   # 16 rows cannot give each of 8 devices whole rows of 4 microbatches.
   assert "8 devices of the mesh" in report["indivisible_microbatch_error"]
-  assert "4 microbatches (config.train.microbatch_size)" in report["indivisible_microbatch_error"]
-  assert "multiple of 32" in report["indivisible_microbatch_error"]
+  assert "in microbatches of 4 (config.train.microbatch_size)" in report["indivisible_microbatch_error"]
+  assert ("a multiple of 8 examples, e.g. --config.train.microbatch_size=8 --config.train.batch_size=16"
+          in report["indivisible_microbatch_error"])
