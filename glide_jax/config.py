@@ -107,7 +107,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.prompt_file = ""        # Or a UTF-8 file with one prompt per line.
   c.sample.guidance_scales = (0.0, 1.0, 2.0, 4.0, 7.0, 10.0, 20.0)
   c.sample.sampler = "ddpm"        # "ddpm" or "ddim".
-  c.sample.respacing = ""          # "" = all T steps; "100", "10,10,3,2,2", "ddim50".
+  c.sample.respacing = "100"       # 100 of the T steps, as glide-text2im samples; "" = all T; "10,10,3,2,2", "ddim50".
   c.sample.ddim_eta = 0.0
   # Guidance only at timesteps t with lo <= t/T < hi (arXiv:2404.07724); the conditional model elsewhere.
   c.sample.guidance_interval = (0.0, 1.0)
