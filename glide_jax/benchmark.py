@@ -23,7 +23,7 @@ from typing import Optional
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from glide_jax import sharding as sharding_lib
@@ -206,6 +206,8 @@ def mfu_text(result: dict) -> str:
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:  # As main.py: no INFO lines (JAX probing for a TPU on a CPU machine).
+    logging.set_verbosity(logging.WARNING)
   try:
     run(argv)
   except UserError as e:  # A bad config value: the message names the field and the fix, no traceback.

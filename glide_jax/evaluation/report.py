@@ -52,16 +52,15 @@ def worst_class(per_class_accuracy: list, class_names: list[str]) -> str:
 
 def plot(report: dict, path: str) -> None:
   """Accuracy, FID and diversity against the guidance scale, with the real-data references dashed."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # Not pyplot: a notebook's plotting backend stays the user's.
 
   scales = [r["guidance_scale"] for r in report["results"]]
   nan = lambda x: math.nan if x is None else x
   panels = (("accuracy", "prompt accuracy", report["real"]["accuracy"], "real images"),
             ("fid", "classifier FID (lower is better)", report["real"]["fid"], "real images, same size"),
             ("diversity", "diversity (1 = real data)", 1.0, "test split"))
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  fig = Figure(figsize=(13, 3.8))
+  axes = fig.subplots(1, 3)
   for ax, (key, title, ref, ref_label) in zip(axes, panels):
     ax.plot(scales, [nan(r[key]) for r in report["results"]], "o-", label="samples")
     ax.axhline(nan(ref), color="gray", linestyle="--", label=ref_label)
@@ -87,11 +86,9 @@ def _finish_axis(ax, title: str) -> None:
 
 
 def _save_figure(fig, path: str, title: str) -> None:
-  import matplotlib.pyplot as plt
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
 
 
 def output_dir(eval_config, workdir: str) -> str:
@@ -130,12 +127,11 @@ def format_edit_table(report: dict) -> str:
 
 def plot_edits(report: dict, path: str) -> None:
   """Edit accuracy and FID against the guidance scale, one line per method."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure
 
   nan = lambda x: math.nan if x is None else x
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig = Figure(figsize=(10, 3.8))
+  axes = fig.subplots(1, 2)
   methods = list(dict.fromkeys(r["method"] for r in report["results"]))
   for ax, (key, title) in zip(axes, (("edit_accuracy", "edit accuracy (prompted class read)"),
                                      ("fid", "classifier FID of the edits (lower is better)"))):

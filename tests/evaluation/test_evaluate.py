@@ -166,6 +166,19 @@ def test_eval_png_and_cached_classifier(evaluated):
   assert sorted(os.listdir(config.eval.classifier_dir)) == [cache.INFO_FILE, cache.PARAMS_FILE]
 
 
+def test_drawing_the_report_leaves_matplotlibs_backend_as_it_was(evaluated, tmp_path):
+  import matplotlib
+  _, _, report = evaluated
+  before = matplotlib.get_backend()
+  matplotlib.use("svg")  # A backend of the user's (a notebook's inline one, say).
+  try:
+    report_lib.plot(report, str(tmp_path / "again.png"))
+    assert matplotlib.get_backend() == "svg"
+  finally:
+    matplotlib.use(before)
+  assert Image.open(tmp_path / "again.png").format == "PNG"
+
+
 def test_an_output_dir_keeps_the_first_evaluation_and_draws_the_same_samples(evaluated):
   config, workdir, report = evaluated
   with open(os.path.join(workdir, "eval", "eval.json")) as f:
