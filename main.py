@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 
-from glide_jax.runtime import use_all_cpu_cores  # (Imports no JAX: the CPU devices must be set up first.)
+from glide_jax.runtime import quiet_library_noise, use_all_cpu_cores  # (No JAX: devices are set up first.)
 
 
 def _stopped_before_work(signum, frame):
@@ -27,47 +27,8 @@ def _stopped_before_work(signum, frame):
   os._exit(0)
 
 
-def _quiet_library_noise() -> None:
-  """Our warnings as one `warning:` line; library internals that are not the user's to act on, silenced.
-
-  Reading a damaged checkpoint leaves TensorStore callbacks firing into Orbax's closed event loop: each
-  prints a "RuntimeError: Event loop is closed" traceback as an unraisable exception (hundreds per
-  checkpoint) and asyncio logs "Future exception was never retrieved". The damage itself is reported in
-  one line.
-  """
-  import logging
-  import warnings
-
-  package_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "glide_jax")
-  default_showwarning, default_unraisablehook = warnings.showwarning, sys.unraisablehook
-
-  def showwarning(message, category, filename, lineno, file=None, line=None):
-    if os.path.abspath(filename).startswith(package_dir):
-      print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
-    else:
-      default_showwarning(message, category, filename, lineno, file, line)
-
-  def unraisablehook(unraisable):
-    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
-      return
-    default_unraisablehook(unraisable)
-
-  warnings.showwarning, sys.unraisablehook = showwarning, unraisablehook
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-  # TFDS recommends OpenCV on every start (the images decode fine without it); Orbax warns that a checkpoint
-  # directory opened read-only (sampling, evaluation) is read-only; TFDS that a dataset to be prepared on
-  # first use has no metadata yet.
-  noise = ("OpenCV is not installed", "Given directory is read only")
-  logging.getLogger("absl").addFilter(lambda record: not (record.getMessage().startswith(noise) or (
-      record.getMessage().startswith("Variant folder") and "has no dataset_info.json" in record.getMessage())))
-  # Orbax also logs a failed background save with its traceback from each of its threads; the same error
-  # is raised to the training loop, which reports it (a full disk: one `error:` paragraph).
-  logging.getLogger("absl").addFilter(
-      lambda record: not (record.levelno >= logging.ERROR and record.getMessage().startswith("[process=")))
-
-
 signal.signal(signal.SIGTERM, _stopped_before_work)  # Training's own handler takes over once it starts.
-_quiet_library_noise()
+quiet_library_noise()
 use_all_cpu_cores()
 
 from absl import app, flags, logging  # noqa: E402

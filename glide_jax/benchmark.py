@@ -9,10 +9,11 @@ figures as JSON.
 
 from __future__ import annotations
 
-from glide_jax.runtime import use_all_cpu_cores
+from glide_jax.runtime import quiet_library_noise, use_all_cpu_cores
 
 if __name__ == "__main__":
   use_all_cpu_cores()  # Like main.py, before JAX starts (GLIDE_HOST_DEVICES=0 keeps one CPU device).
+  quiet_library_noise()
 
 import json
 import re

@@ -3,7 +3,10 @@
 This module imports JAX only inside `initialize_distributed`, so `use_all_cpu_cores` can run first.
 """
 
+import logging
 import os
+import sys
+import warnings
 from typing import Optional
 
 # XLA's CPU scheduler that orders the step's operations to keep fewer buffers alive at once: less temporary
@@ -25,6 +28,42 @@ def use_all_cpu_cores() -> None:
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     flags = f"{flags} --xla_force_host_platform_device_count={count}"
   os.environ["XLA_FLAGS"] = flags
+
+
+def quiet_library_noise() -> None:
+  """Our warnings as one `warning:` line; library internals that are not the user's to act on, silenced.
+
+  Reading a damaged checkpoint leaves TensorStore callbacks firing into Orbax's closed event loop: each
+  prints a "RuntimeError: Event loop is closed" traceback as an unraisable exception (hundreds per
+  checkpoint) and asyncio logs "Future exception was never retrieved". The damage itself is reported in
+  one line.
+  """
+  package_dir = os.path.dirname(os.path.abspath(__file__))
+  default_showwarning, default_unraisablehook = warnings.showwarning, sys.unraisablehook
+
+  def showwarning(message, category, filename, lineno, file=None, line=None):
+    if os.path.abspath(filename).startswith(package_dir):
+      print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    else:
+      default_showwarning(message, category, filename, lineno, file, line)
+
+  def unraisablehook(unraisable):
+    if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+      return
+    default_unraisablehook(unraisable)
+
+  warnings.showwarning, sys.unraisablehook = showwarning, unraisablehook
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+  # TFDS recommends OpenCV on every start (the images decode fine without it); Orbax warns that a checkpoint
+  # directory opened read-only (sampling, evaluation) is read-only; TFDS that a dataset to be prepared on
+  # first use has no metadata yet.
+  noise = ("OpenCV is not installed", "Given directory is read only")
+  logging.getLogger("absl").addFilter(lambda record: not (record.getMessage().startswith(noise) or (
+      record.getMessage().startswith("Variant folder") and "has no dataset_info.json" in record.getMessage())))
+  # Orbax also logs a failed background save with its traceback from each of its threads; the same error
+  # is raised to the training loop, which reports it (a full disk: one `error:` paragraph).
+  logging.getLogger("absl").addFilter(
+      lambda record: not (record.levelno >= logging.ERROR and record.getMessage().startswith("[process=")))
 
 
 CACHE_ENV = "GLIDE_JAX_CACHE_DIR"
