@@ -3,7 +3,6 @@
 import os
 
 from conftest import FILE_SECONDS
-
 from helpers.paths import REPO
 
 
