@@ -228,9 +228,9 @@ class Experiment:
     return self.make_sampler(s.sampler, s.respacing, s.ddim_eta, guidance_interval=s.guidance_interval)
 
   def sample_grid(self, sampler: GuidedSampler, params: Any, prompts: Sequence[str], scales: Sequence[float],
-                  num_per_prompt: int, rng: jax.Array) -> np.ndarray:
+                  num_per_prompt: int, rng: jax.Array, progress: Any = None) -> np.ndarray:
     """uint8 samples [P, S, K, H, W, C] for every prompt, guidance scale and repeat, config.sample.batch_size
     rows per sampler call."""
     tokens, mask = self.tokenizer.tokenize_batch(list(prompts), self.config.model.text_ctx)
     return batched.sample_grid(sampler, params, tokens, mask, np.asarray(scales, np.float32), num_per_prompt, rng,
-                               self.config.sample.batch_size, self.mesh.size)
+                               self.config.sample.batch_size, self.mesh.size, progress=progress)

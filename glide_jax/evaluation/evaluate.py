@@ -30,6 +30,7 @@ from glide_jax.evaluation.report import format_table, json_safe, output_dir, plo
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
+from glide_jax.sampling import batched
 
 FLOOR_MAX_IMAGES = 10_000
 
@@ -68,18 +69,20 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_main:
     print(f"Evaluating step {step}: {k} samples for each of {num_classes} prompts at {len(scales)} guidance "
           f"scale(s), {s.sampler} with {sampler.num_steps} steps.", flush=True)
+  progress = batched.progress_bar(len(scales) * num_classes * k, "eval")
   for scale in scales:
     start = time.perf_counter()
     # The same key at every scale: sample i starts from the same noise whatever the scale.
-    grid = exp.sample_grid(sampler, params, class_names, [scale], k, stream_key(config.seed, "eval"))
+    grid = exp.sample_grid(sampler, params, class_names, [scale], k, stream_key(config.seed, "eval"), progress)
     images = grid[:, 0].reshape(num_classes * k, *grid.shape[3:])
     all_images.append(images)
     result = {"guidance_scale": scale, **scorer(images, labels)}
     result["seconds"] = round(time.perf_counter() - start, 2)
     results.append(result)
     if is_main:
-      print(f"  guidance {scale:g}: accuracy {result['accuracy']:.3f}, FID {result['fid']:.3f}, "
-            f"diversity {result['diversity']:.3f} ({result['seconds']:.0f}s)", flush=True)
+      progress.write(f"  guidance {scale:g}: accuracy {result['accuracy']:.3f}, FID {result['fid']:.3f}, "
+                     f"diversity {result['diversity']:.3f} ({result['seconds']:.0f}s)")
+  progress.close()
 
   report = json_safe({
       "step": step,

@@ -11,6 +11,7 @@ import numpy as np
 from glide_jax.config import guidance_scales
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
+from glide_jax.sampling import batched
 from glide_jax.sampling import images as images_lib
 from glide_jax.sampling.cascade import sample_cascade_grid
 from glide_jax.sampling.prompts import class_of_prompt, parse_prompts
@@ -36,7 +37,9 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str
                                         stream_key(config.seed, "sample"))
   else:
     sampler = exp.configured_sampler()
-    grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"))
+    with batched.progress_bar(len(prompts) * len(scales) * s.num_per_prompt, "sample") as progress:
+      grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"),
+                             progress=progress)
   paths = {}
   if jax.process_index() == 0:
     out_dir = os.path.join(workdir, "samples")
