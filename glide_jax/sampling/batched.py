@@ -13,8 +13,8 @@ from glide_jax.sampling.guided import GuidedSampler
 
 
 def progress_bar(total: int, desc: str):
-  """A progress bar over `total` images, shown by process 0: its rate and time left are the estimate a long
-  sampling run (an evaluation at 100 samples per digit takes about an hour on a 2-core CPU) shows first."""
+  """A progress bar over `total` images, shown by process 0: its rate and time left are the estimate that a
+  long sampling run (an evaluation on a CPU, say) shows from its first batch on."""
   from tqdm.auto import tqdm
   return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=jax.process_index() != 0)
 
