@@ -8,6 +8,7 @@ checkpoints. The modes add only what is theirs (the loop, the sweep, the scores)
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional, Sequence
 
@@ -33,6 +34,7 @@ from glide_jax.train.step import (
   make_sharded_init,
   make_sharded_train_step,
 )
+from glide_jax.train.workdir_lock import WorkdirLock
 
 
 def _mesh_the_batch_fits(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -175,17 +177,23 @@ class Experiment:
 
   def write_params(self, params: Any, step: int = 0) -> None:
     """Writes `params` as checkpoint `step` of this new workdir: parameters and EMA alike, a fresh optimizer
-    state. A workdir that already holds checkpoints is refused with a UserError, and nothing is written."""
-    checkpointer = self.checkpointer()
-    try:
-      if checkpointer.latest_step() is not None:
-        raise UserError(f"--workdir {self.workdir} already holds checkpoints; give a new directory (nothing was "
-                        f"written).")
-      build = jax.jit(lambda p: init_state_from_params(self.optimizer, p), out_shardings=self.state_shardings)
-      state = build(params)
-      checkpointer.save(step, state.replace(step=state.step + step), self.config)
-    finally:
-      checkpointer.close()
+    state. A workdir that already holds checkpoints, or that a trainer is using, is refused with a UserError,
+    and nothing is written.
+
+    The trainer's lock comes first: opening checkpoints read-write runs Orbax's clean-up of unfinished
+    saves, which would delete a running trainer's save in flight.
+    """
+    with WorkdirLock(self.open_workdir(create=True)) if jax.process_index() == 0 else contextlib.nullcontext():
+      checkpointer = self.checkpointer()
+      try:
+        if checkpointer.latest_step() is not None:
+          raise UserError(f"--workdir {self.workdir} already holds checkpoints; give a new directory (nothing was "
+                          f"written).")
+        build = jax.jit(lambda p: init_state_from_params(self.optimizer, p), out_shardings=self.state_shardings)
+        state = build(params)
+        checkpointer.save(step, state.replace(step=state.step + step), self.config)
+      finally:
+        checkpointer.close()
 
   # --- Training ------------------------------------------------------------------------------------------
 

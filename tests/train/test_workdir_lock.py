@@ -9,6 +9,7 @@ import time
 import pytest
 
 from glide_jax.errors import UserError
+from glide_jax.experiment import Experiment
 from glide_jax.train.loop import train
 from glide_jax.train.workdir_lock import LOCK_NAME, WorkdirLock
 from helpers.runs import (
@@ -83,3 +84,18 @@ def test_a_killed_trainer_leaves_no_stuck_lock(tmp_path):
   assert read(workdir / LOCK_NAME).startswith(f"process {proc.pid} ")  # Stale text, but no lock behind it.
   with WorkdirLock(str(workdir)):
     assert read(workdir / LOCK_NAME).startswith(f"process {os.getpid()} ")
+
+
+def test_writing_a_model_into_a_live_trainers_workdir_is_refused_and_leaves_its_save_alone(tmp_path):
+  """The converter and carry_params import write through Experiment.write_params. Beside a trainer (its lock
+  held, a save in flight) they opened its checkpoints read-write, and Orbax's start-up clean-up deleted the
+  save in flight (the trainer then died); now they are refused first."""
+  workdir = tmp_path / "run"
+  in_flight = workdir / "checkpoints" / "4.orbax-checkpoint-tmp-1796280000"
+  in_flight.mkdir(parents=True)
+  exp = Experiment(tiny_config(), str(workdir))
+  params = exp.init_fn().params
+  with WorkdirLock(str(workdir)):
+    with pytest.raises(UserError, match=r"is using --workdir .*Wait for it to finish"):
+      exp.write_params(params)
+  assert in_flight.is_dir() and checkpoint_steps(workdir) == []
