@@ -43,7 +43,8 @@ def _mesh_the_batch_fits(config: ml_collections.ConfigDict) -> jax.sharding.Mesh
   microbatches of 16 train on 4 rather than stopping."""
   devices = jax.devices()
   t = config.train
-  rows, field = (t.microbatch_size, "microbatch_size") if t.microbatch_size else (t.batch_size, "batch_size")
+  rows = t.batch_size // num_microbatches(t)  # One microbatch's examples: what each step splits over devices.
+  field = "microbatch_size" if num_microbatches(t) > 1 else "batch_size"
   count = len(devices)
   if jax.process_count() == 1:
     count = sharding_lib.devices_for_batch(config.mesh.shape, rows, len(devices))
