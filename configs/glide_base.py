@@ -1,6 +1,6 @@
 """OpenAI's released GLIDE base model (64 px, 385M parameters), for a workdir made by the converter:
 
-  python -m glide_jax.convert --model=base --checkpoint=base.pt --workdir=glide/base
+  python main.py --mode=convert --model=base --checkpoint=base.pt --workdir=glide/base
   python main.py --config=configs/glide_base.py --workdir=glide/base --mode=sample \\
       --config.sample.prompts="an oil painting of a corgi"
 

@@ -1,6 +1,6 @@
 """OpenAI's released GLIDE upsampler (64 → 256 px, 398M parameters), for a workdir made by the converter:
 
-  python -m glide_jax.convert --model=upsample --checkpoint=upsample.pt --workdir=glide/upsample
+  python main.py --mode=convert --model=upsample --checkpoint=upsample.pt --workdir=glide/upsample
   python main.py --config=configs/glide_upsample.py --workdir=glide/upsample --mode=sample \\
       --config.sample.base_workdir=glide/base
 

@@ -1,8 +1,10 @@
-"""User-facing errors: raised for bad input, printed by `main.py` without a traceback."""
+"""User-facing errors: raised for bad input, printed by `report_errors` (every command's) without a traceback."""
 
 from __future__ import annotations
 
 import errno
+import sys
+from typing import Any, Callable
 
 
 class UserError(Exception):
@@ -29,3 +31,22 @@ def is_disk_full(error: BaseException | None) -> bool:
       return True
     error = error.__cause__ or error.__context__
   return False
+
+
+def report_errors(fn: Callable[..., Any], *args, **kwargs) -> Any:
+  """Calls fn; a user error or a full disk ends the process with one `error:` paragraph (exit 2), Ctrl-C
+  with "Interrupted." (exit 130). Anything else is a bug and keeps its traceback."""
+  try:
+    return fn(*args, **kwargs)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:
+    if not is_disk_full(e):
+      raise
+    print(f"error: the disk is full ({type(e).__name__}: {' '.join(str(e).split())[:200]}). Free some space and "
+          f"rerun the same command; checkpoints already written are kept.", file=sys.stderr)
+    sys.exit(2)
+  except KeyboardInterrupt:
+    print("Interrupted.", file=sys.stderr)
+    sys.exit(130)

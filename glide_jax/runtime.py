@@ -1,10 +1,11 @@
-"""Process set-up, before any work: CPU devices (before JAX starts) and the multi-host runtime.
+"""Process set-up, before any work: signals, CPU devices (before JAX starts) and the multi-host runtime.
 
 This module imports JAX only inside `initialize_distributed`, so `use_all_cpu_cores` can run first.
 """
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from typing import Optional
@@ -12,6 +13,24 @@ from typing import Optional
 # XLA's CPU scheduler that orders the step's operations to keep fewer buffers alive at once: less temporary
 # memory per device and no slower (docs/benchmarks.md). It only affects the CPU compiler.
 CPU_MEMORY_SCHEDULER = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+
+
+def _stopped_before_work(signum, frame):
+  """SIGTERM while starting up (imports, flags): nothing has been written yet, so stop with a message.
+
+  os._exit, not SystemExit: the signal can arrive while Python runs a garbage-collection callback or a
+  __del__, where a raised exception is printed as "Exception ignored" and the run goes on.
+  """
+  print(f"Stopped by {signal.Signals(signum).name} before the first step; nothing new to save. Rerun the same "
+        f"command to start or resume.", flush=True)
+  sys.stderr.flush()
+  os._exit(0)
+
+
+def stop_on_sigterm_before_work() -> None:
+  """SIGTERM before the mode starts ends the process at once with a message (training installs its own
+  handler, which saves a checkpoint, once it starts; the other modes restore the default)."""
+  signal.signal(signal.SIGTERM, _stopped_before_work)
 
 
 def use_all_cpu_cores() -> None:

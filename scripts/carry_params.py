@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
 from glide_jax.config import default_config  # noqa: E402
-from glide_jax.errors import UserError  # noqa: E402
+from glide_jax.errors import UserError, report_errors  # noqa: E402
 from glide_jax.experiment import Experiment  # noqa: E402
 from glide_jax.train import checkpoint as ckpt_lib  # noqa: E402
 
@@ -71,13 +71,10 @@ def main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in ("export", "import"):
     raise app.UsageError("Say export or import.")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save and a restore at INFO.
-  try:
-    if argv[1] == "export":
-      step = export_params(FLAGS.workdir, FLAGS.npz)
-    else:
-      step = import_params(FLAGS.npz, FLAGS.workdir)
-  except UserError as e:
-    sys.exit(f"error: {e}")
+  if argv[1] == "export":
+    step = report_errors(export_params, FLAGS.workdir, FLAGS.npz)
+  else:
+    step = report_errors(import_params, FLAGS.npz, FLAGS.workdir)
   print(f"{argv[1]}ed step {step}: {FLAGS.workdir} {'->' if argv[1] == 'export' else '<-'} {FLAGS.npz}")
 
 

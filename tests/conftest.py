@@ -56,14 +56,14 @@ def full_optimizations_env():
 # minute or more are marked `slow`: `pytest -m "not slow"` leaves them out while iterating (CI runs everything).
 FILE_SECONDS = {
     "test_main.py": 172, "train/test_preemption.py": 159, "test_multihost.py": 153, "test_sharding.py": 129,
-    "test_scripts.py": 129, "sampling/test_cascade.py": 82, "train/test_divergence.py": 74,
-    "editing/test_edit.py": 73, "train/test_checkpoint.py": 72, "test_convert.py": 64,
-    "train/test_workdir_lock.py": 62, "test_experiment.py": 60, "train/test_loop.py": 60, "test_datasets.py": 57,
-    "train/test_disk_full.py": 51, "evaluation/test_evaluate.py": 50, "test_notebook.py": 42,
+    "test_scripts.py": 129, "modes/test_cascade.py": 82, "train/test_divergence.py": 74,
+    "modes/test_edit.py": 73, "train/test_checkpoint.py": 72, "modes/test_convert.py": 64,
+    "train/test_workdir_lock.py": 62, "test_experiment.py": 60, "modes/test_train.py": 60, "test_datasets.py": 57,
+    "train/test_disk_full.py": 51, "modes/test_eval.py": 50, "test_notebook.py": 42,
     "train/test_step.py": 36, "evaluation/test_classifier.py": 34, "sampling/test_guided.py": 33,
     "test_runtime.py": 32, "test_data_prepare.py": 30, "model/test_text2im.py": 30,
-    "editing/test_known_region.py": 22, "model/test_unet.py": 21, "sampling/test_sweep.py": 21,
-    "released/test_keymap.py": 19, "model/test_model_config.py": 14,
+    "diffusion/test_known_region.py": 22, "model/test_unet.py": 21, "modes/test_sample.py": 21,
+    "released/test_keymap.py": 19, "modes/test_benchmark.py": 25, "model/test_model_config.py": 14,
 }
 SLOW_SECONDS = 60
 

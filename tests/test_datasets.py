@@ -11,9 +11,9 @@ from PIL import Image
 
 from configs import cifar10, fashion_mnist_cpu, tiny
 from glide_jax import data as data_lib
-from glide_jax.evaluation.evaluate import evaluate
-from glide_jax.sampling.sweep import sample_and_save
-from glide_jax.train.loop import train
+from glide_jax.modes.eval import run as evaluate
+from glide_jax.modes.sample import run as sample_and_save
+from glide_jax.modes.train import run as train
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_EXAMPLES = 64

@@ -89,8 +89,42 @@ def test_the_cycle_finder_finds_cycles():
 def test_the_graph_sees_imports_inside_functions_and_parent_packages():
   graph = import_graph()
   assert "glide_jax.train" in graph["glide_jax.experiment"]  # Importing train.step runs train/__init__.py.
-  assert "glide_jax.experiment" in graph["glide_jax.train.loop"]
+  assert "glide_jax.experiment" in graph["glide_jax.modes.train"]
   assert "glide_jax.errors" in graph["glide_jax.runtime"]  # Imported inside a function.
+
+
+# Layers, bottom to top: the libraries (every folder but modes/, and the top-level modules), the Experiment
+# that builds them from a config, the modes that drive an Experiment, the command line that picks a mode.
+DRIVERS = ("glide_jax.experiment", "glide_jax.modes", "glide_jax.cli")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+  """"a -> b" for each library module that imports the Experiment, a mode or the command line, and each mode
+  that imports the command line."""
+  def is_under(name, prefix):
+    return name == prefix or name.startswith(prefix + ".")
+
+  bad = []
+  for name, deps in sorted(graph.items()):
+    if is_under(name, "glide_jax.cli") or name in ("glide_jax.convert", "glide_jax.benchmark"):
+      continue  # The command line and its two aliases are the top.
+    above = DRIVERS[2:] if is_under(name, "glide_jax.modes") else DRIVERS[1:] if name == DRIVERS[0] else DRIVERS
+    bad += [f"{name} -> {d}" for d in sorted(deps) if any(is_under(d, a) for a in above)]
+  return bad
+
+
+def test_libraries_import_no_driver():
+  """Only modes/ (and scripts/, main.py) may build an Experiment; no library reaches up to a mode."""
+  assert layering_violations(import_graph()) == []
+
+
+def test_the_layering_check_catches_a_library_importing_a_driver():
+  graph = {"glide_jax.sampling.guided": {"glide_jax.experiment"}, "glide_jax.modes.sample": {"glide_jax.experiment"},
+           "glide_jax.editing.inputs": {"glide_jax.modes.edit", "glide_jax.modes"}, "glide_jax.experiment": set(),
+           "glide_jax.modes.eval": {"glide_jax.modes.eval_edit", "glide_jax.cli"}}
+  assert layering_violations(graph) == [
+      "glide_jax.editing.inputs -> glide_jax.modes", "glide_jax.editing.inputs -> glide_jax.modes.edit",
+      "glide_jax.modes.eval -> glide_jax.cli", "glide_jax.sampling.guided -> glide_jax.experiment"]
 
 
 @pytest.mark.parametrize("name", sorted(module_files()))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glide_jax.train.loop import train
+from glide_jax.modes.train import run as train
 from helpers.paths import REPO
 from helpers.runs import (
   assert_nothing_removed_or_changed,
@@ -96,6 +96,10 @@ USER_ERRORS = [
      r"The image .*rgb\.png' has 3 channel\(s\) \(RGB\) but the model takes 1 \(L\)"),
     ("edit_test_index_outside_the_split", "edit", "trained", ["--config.edit.images=test:3,999"],
      r"'test\[:256\]' has 256 examples \(0 to 255\); \[999\] are outside it"),
+    ("flag_of_another_mode", "train", "trained", ["--batch=8"], r"--batch is a flag of --mode=benchmark, not of "
+     r"--mode=train\. See --help\."),
+    ("convert_takes_no_config", "convert", "absent", ["--model=base", "--checkpoint=base.pt"],
+     r"--mode=convert takes the model's config from --model; leave out --config"),
     ("config_without_get_config", "train", "absent", ["--config={no_get_config}"],
      r"the --config file .*no_get_config\.py defines no get_config\(\); it must define one"),
     ("config_get_config_raises", "train", "absent", ["--config={get_config_raises}"],

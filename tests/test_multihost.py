@@ -14,7 +14,7 @@ import pytest
 
 from configs import tiny
 from glide_jax.experiment import Experiment
-from glide_jax.train.loop import train
+from glide_jax.modes.train import run as train
 from helpers.paths import REPO
 from helpers.xla import xla_flags
 

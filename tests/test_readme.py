@@ -12,7 +12,10 @@ import pytest
 from glide_jax.config import validate_config
 from helpers.paths import REPO
 
-ENTRY_POINTS = {"python main.py": "main.py", "python -m glide_jax.convert": "glide_jax/convert.py"}
+# Entry point → (the source defining its flags, the --mode it fixes).
+ENTRY_POINTS = {"python main.py": ("glide_jax/cli.py", None),
+                "python -m glide_jax.convert": ("glide_jax/cli.py", "convert"),
+                "python -m glide_jax.benchmark": ("glide_jax/cli.py", "benchmark")}
 ABSL_FLAGS = {"verbosity", "v", "logtostderr", "alsologtostderr", "helpfull", "help"}
 
 
@@ -33,8 +36,7 @@ def _defined_flags(source: str) -> dict[str, list[str] | None]:
   with open(os.path.join(REPO, source), encoding="utf-8") as f:
     text = f.read()
   defined = {name: None for name in re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", text)}
-  if source == "main.py":
-    defined["mode"] = re.findall(r"^    \"(\w+)\": \"glide_jax\.", text, re.M)
+  defined["mode"] = re.findall(r"^    \"(\w+)\": \"glide_jax\.modes\.", text, re.M)
   return defined
 
 
@@ -73,14 +75,15 @@ def test_the_readme_shows_the_main_commands():
   modes = {re.search(r"--mode=(\w+)", c).group(1) if "--mode=" in c else "train"
            for c in PYTHON_COMMANDS if c.startswith("python main.py")}
   assert {"train", "sample", "edit", "eval"} <= modes
-  assert any(c.startswith("python -m glide_jax.convert") for c in PYTHON_COMMANDS)
+  assert "convert" in modes
 
 
 @pytest.mark.parametrize("command", PYTHON_COMMANDS)
 def test_a_readme_command_names_real_flags_and_a_valid_config(command):
   entry = next((e for e in ENTRY_POINTS if command.startswith(e + " ")), None)
   assert entry, f"unknown entry point (add it to ENTRY_POINTS or fix the README): {command}"
-  defined = _defined_flags(ENTRY_POINTS[entry])
+  source, fixed_mode = ENTRY_POINTS[entry]
+  defined = _defined_flags(source)
   config = None
   for arg in shlex.split(command[len(entry):]):
     name, _, value = arg.removeprefix("--").partition("=")
@@ -91,7 +94,8 @@ def test_a_readme_command_names_real_flags_and_a_valid_config(command):
       assert config is not None, "--config.* before --config"
       _override(config, name.removeprefix("config."), value)
     else:
-      assert name in defined or name in ABSL_FLAGS, f"--{name} is not a flag of {ENTRY_POINTS[entry]}"
+      assert name in defined or name in ABSL_FLAGS, f"--{name} is not a flag of {source}"
+      assert not (name == "mode" and fixed_mode), f"{entry} fixes --mode={fixed_mode}"
       if defined.get(name):
         assert value in defined[name], f"--{name}={value}: choose from {defined[name]}"
   if config is not None:

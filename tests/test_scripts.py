@@ -131,12 +131,12 @@ def test_carry_params_moves_a_runs_ema_parameters_into_a_new_workdir(tmp_path):
 
   # A workdir that has checkpoints is left alone, and a file of another model is refused before anything is written.
   again = _carry("import", f"--npz={npz}", f"--workdir={tmp_path / 'moved'}")
-  assert again.returncode != 0 and "already holds checkpoints" in again.stderr
+  assert again.returncode == 2 and "already holds checkpoints" in again.stderr and "Traceback" not in again.stderr
   assert checkpoint_steps(str(tmp_path / "moved")) == [7]
   with np.load(npz) as f:
     files = {k: f[k] for k in f.files}
   files.pop(sorted(k for k in files if not k.startswith("__"))[0])
   np.savez(tmp_path / "other.npz", **files)
   other = _carry("import", f"--npz={tmp_path / 'other.npz'}", f"--workdir={tmp_path / 'other'}")
-  assert other.returncode != 0 and "does not hold this model's parameters" in other.stderr
+  assert other.returncode == 2 and "does not hold this model's parameters" in other.stderr
   assert not (tmp_path / "other" / "checkpoints").exists()

@@ -103,3 +103,8 @@ def load_known_mask(spec: str, size: int, source_size: int) -> np.ndarray:
     rows = (np.arange(size) + 0.5) * generate.shape[0] / size
     generate = generate[np.ix_(rows.astype(int), rows.astype(int))]
   return (~generate).astype(np.float32)[..., None]
+
+
+def edit_method(config: ml_collections.ConfigDict) -> str:
+  """How `config`'s model edits: as an inpainting model, or by the replacement method (diffusion/known_region)."""
+  return "inpainting model" if config.model.inpaint else "replacement method"

@@ -66,3 +66,11 @@ def named_mask(spec: str, size: int) -> np.ndarray:
     return box_mask(size, x0, y0, x1, y1)
   raise UserError(f"Unknown mask {spec!r}: use one of {', '.join(MASK_NAMES)}, box:x0,y0,x1,y1, or the path of "
                   f"a mask PNG (white = generate, black = keep).")
+
+
+def known_region_error(edits: np.ndarray, images_uint8: np.ndarray, known: np.ndarray) -> int:
+  """Largest |edit − original| at uint8 over the known pixels (0 when the known region is kept exactly)."""
+  n = len(images_uint8)
+  keep = np.broadcast_to((known > 0.5).reshape(n, 1, 1, *known.shape[1:]), edits.shape)
+  diff = np.abs(edits.astype(int) - images_uint8.reshape(n, 1, 1, *images_uint8.shape[1:]).astype(int))
+  return int(diff[keep].max(initial=0))

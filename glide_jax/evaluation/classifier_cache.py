@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from glide_jax.config import validate_config
 from glide_jax.errors import UserError
-from glide_jax.evaluation.classifier import Classifier, features, logits, train_classifier
+from glide_jax.evaluation.classifier import Classifier, features, train_classifier
 
 PARAMS_FILE = "params.msgpack"
 INFO_FILE = "classifier.json"
@@ -56,9 +55,6 @@ class TrainedClassifier:
 
   def features(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     return features(self.params, images, batch_size)
-
-  def logits(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    return logits(self.params, images, batch_size)
 
 
 def save_classifier(directory: str, params: Any, info: dict) -> None:
@@ -149,13 +145,3 @@ def get_or_train_classifier(config: ml_collections.ConfigDict, verbose: bool = T
     print(f"warning: the classifier's test accuracy is {test_accuracy:.4f} (< 0.99); its prompt accuracy and "
           f"FID are rougher. More --config.eval.classifier_steps helps.", flush=True)
   return TrainedClassifier(params=params, info=info, directory=directory)
-
-
-def train_classifier_mode(config: ml_collections.ConfigDict, workdir: Optional[str] = None) -> TrainedClassifier:
-  """--mode=train_classifier: the checked config's classifier, trained and cached unless already cached.
-
-  The workdir is not used: the cache is shared by every run on the same dataset and image size.
-  """
-  del workdir
-  validate_config(config)
-  return get_or_train_classifier(config, verbose=jax.process_index() == 0)

@@ -19,9 +19,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from glide_jax import sharding as sharding_lib
-from glide_jax.diffusion import SAMPLERS, GaussianDiffusion, respace, sample_loop, space_timesteps
+from glide_jax.diffusion import SAMPLERS, GaussianDiffusion, known_region, respace, sample_loop, space_timesteps
 from glide_jax.diffusion.samplers import ModelFn
-from glide_jax.editing import known_region
 from glide_jax.model import Text2ImUNet
 
 

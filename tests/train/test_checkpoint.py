@@ -14,8 +14,8 @@ from jax.sharding import PartitionSpec as P
 
 from glide_jax import sharding
 from glide_jax.errors import UserError
+from glide_jax.modes.train import run as train
 from glide_jax.train.checkpoint import Checkpointer, config_to_json, model_config_differences, recipe_differences
-from glide_jax.train.loop import train
 from helpers.runs import (
   assert_nothing_removed_or_changed,
   checkpoint_steps,

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from glide_jax.errors import UserError, is_disk_full
-from glide_jax.train.loop import train
+from glide_jax.modes.train import run as train
 from helpers.runs import checkpoint_steps, resumed_from, run_main, tiny_config
 
 

@@ -13,7 +13,7 @@ from glide_jax import data as data_lib
 from glide_jax import sharding as sharding_lib
 from glide_jax.errors import TrainingDivergedError
 from glide_jax.experiment import Experiment
-from glide_jax.train.loop import train
+from glide_jax.modes.train import run as train
 from helpers.runs import checkpoint_steps, read, restore_checkpoint, tiny_config
 from helpers.trees import assert_trees_equal
 
@@ -115,7 +115,7 @@ def test_a_diverged_run_recovers_by_the_printed_advice(tmp_path):
 
 
 def test_recovery_command_lowers_the_learning_rate_of_the_command_line(monkeypatch):
-  from glide_jax.train.loop import recovery_command
+  from glide_jax.modes.train import recovery_command
   monkeypatch.setattr("sys.argv", ["/x/main.py", "--config=configs/tiny.py", "--workdir=/w",
                                    "--config.train.learning_rate=1e30"])
   assert recovery_command(1e30) == ("python /x/main.py --config=configs/tiny.py --workdir=/w "

@@ -10,7 +10,7 @@ import pytest
 
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
-from glide_jax.train.loop import train
+from glide_jax.modes.train import run as train
 from glide_jax.train.workdir_lock import LOCK_NAME, WorkdirLock
 from helpers.runs import (
   assert_nothing_removed_or_changed,

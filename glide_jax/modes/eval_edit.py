@@ -23,8 +23,8 @@ import numpy as np
 
 from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
-from glide_jax.editing.edit import edit_method, known_region_error
-from glide_jax.editing.inputs import load_known_mask
+from glide_jax.editing.inputs import edit_method, load_known_mask
+from glide_jax.editing.masks import known_region_error
 from glide_jax.evaluation import metrics
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.report import format_edit_table, json_safe, output_dir, plot_edits, save_report
@@ -47,7 +47,7 @@ def methods_to_compare(config: ml_collections.ConfigDict, workdir: str) -> list[
   return runs
 
 
-def evaluate_edits(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Edits and scores the test digits with every method and scale; returns the report it writes."""
   runs = methods_to_compare(config, workdir)
   runs[0][1].require_not_upsampler("--mode=eval_edit")

@@ -24,23 +24,23 @@ import numpy as np
 from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
-from glide_jax.evaluation.evaluate_edit import evaluate_edits
 from glide_jax.evaluation.metrics import Scorer, balanced_subset
 from glide_jax.evaluation.report import format_table, json_safe, output_dir, plot, save_report
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
+from glide_jax.modes import eval_edit
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
 
 FLOOR_MAX_IMAGES = 10_000
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples and scores every guidance scale from workdir's latest checkpoint; returns the report
   written to workdir/eval/eval.json (or config.eval.output_dir) and plotted in eval.png. An inpainting run's
   edits are evaluated instead (evaluate_edit)."""
   if config.model.inpaint:
-    return evaluate_edits(config, workdir)
+    return eval_edit.run(config, workdir)
   exp = Experiment(config, workdir)
   exp.require_not_upsampler("--mode=eval")
   workdir = exp.open_workdir(create=False)

@@ -1,11 +1,15 @@
-"""The benchmark's derived figures: the chip peak table behind MFU, and the count of work-doing operations
-in a compiled step."""
+"""--mode=benchmark: its figures for a config, the chip peak table behind MFU, and the count of work-doing
+operations in a compiled step."""
+
+import json
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from glide_jax.benchmark import chip_peak_tflops, compiled_op_count
+from glide_jax.modes import benchmark
+from glide_jax.modes.benchmark import chip_peak_tflops, compiled_op_count
+from helpers.runs import tiny_config
 
 
 @pytest.mark.parametrize("kind,dtype,peak", [
@@ -52,3 +56,17 @@ def test_compiled_op_count_of_a_real_program_grows_with_its_work():
   one = jax.jit(lambda x: jnp.sin(x) @ x).lower(jnp.ones((8, 8))).compile().as_text()
   two = jax.jit(lambda x: jnp.sort(jnp.sin(x) @ x, axis=0) @ x).lower(jnp.ones((8, 8))).compile().as_text()
   assert 1 <= compiled_op_count(one) < compiled_op_count(two)
+
+
+def test_the_benchmark_times_the_train_step_and_sampling_of_a_config(tmp_path):
+  out = tmp_path / "figures.json"
+  figures = benchmark.run(tiny_config(), steps=1, sample_batch=[2], sample_steps=2, synthetic=True,
+                          json=str(out))
+  (train,) = figures["train"]
+  assert train["batch"] == 16 and train["devices"] == jax.device_count()
+  assert train["train_step_s"] > 0 and train["images_per_s"] == pytest.approx(16 / train["train_step_s"])
+  assert train["model_flops_per_step"] > 0 and train["compiled_ops"] > 0 and train["mfu"] is None  # A CPU.
+  (sampling,) = figures["sampling"]
+  assert sampling["samples"] == 2 and sampling["sample_step_s"] > 0
+  with open(out) as f:
+    assert json.load(f) == figures

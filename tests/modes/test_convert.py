@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from glide_jax.convert import config_for, convert_checkpoint
-from glide_jax.editing.edit import edit_and_save
 from glide_jax.experiment import Experiment
+from glide_jax.modes.convert import config_for, convert_checkpoint
+from glide_jax.modes.edit import run as edit_and_save
+from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.released.keymap import convert_state_dict
 from glide_jax.released.state_dict_file import read_state_dict
-from glide_jax.sampling.sweep import sample_and_save
 from helpers.paths import REPO
 from helpers.runs import main_env
 from helpers.torch_files import write_pt_calling

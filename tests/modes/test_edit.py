@@ -10,11 +10,11 @@ from PIL import Image
 
 from configs import tiny
 from glide_jax import data as data_lib
-from glide_jax.editing.edit import edit_and_save
 from glide_jax.errors import UserError
-from glide_jax.evaluation.evaluate import evaluate
 from glide_jax.evaluation.samples_file import load_samples
-from glide_jax.train.loop import train
+from glide_jax.modes.edit import run as edit_and_save
+from glide_jax.modes.eval import run as evaluate
+from glide_jax.modes.train import run as train
 
 
 def tiny_config(**train):

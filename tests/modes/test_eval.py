@@ -16,11 +16,11 @@ from glide_jax import data as data_lib
 from glide_jax.errors import ConfigError
 from glide_jax.evaluation import classifier as clf
 from glide_jax.evaluation import classifier_cache as cache
-from glide_jax.evaluation import evaluate as evaluate_lib
 from glide_jax.evaluation import metrics
 from glide_jax.evaluation import report as report_lib
 from glide_jax.evaluation.samples_file import load_samples
-from glide_jax.train.loop import train
+from glide_jax.modes import eval as eval_mode
+from glide_jax.modes.train import run as train
 
 SCALES = (0.0, 3.0)
 K = 2
@@ -109,7 +109,7 @@ def evaluated(tmp_path_factory):
   workdir = str(tmp_path / "run")
   config = eval_config(tmp_path)
   train(config, workdir)
-  report = evaluate_lib.evaluate(config, workdir)
+  report = eval_mode.run(config, workdir)
   return config, workdir, report
 
 
@@ -186,7 +186,7 @@ def test_an_output_dir_keeps_the_first_evaluation_and_draws_the_same_samples(eva
   other = config.copy_and_resolve_references()
   other.sample.guidance_scales = (SCALES[-1],)
   other.eval.output_dir = "eval_last_scale"  # Relative: under the workdir.
-  second = evaluate_lib.evaluate(other, workdir)
+  second = eval_mode.run(other, workdir)
   with open(os.path.join(workdir, "eval", "eval.json")) as f:
     assert f.read() == first_json
   assert sorted(os.listdir(os.path.join(workdir, "eval_last_scale"))) == ["eval.json", "eval.png", "samples.npz"]
@@ -208,7 +208,7 @@ def test_an_output_dir_that_is_a_file_is_refused_and_nothing_is_written(evaluate
   other = config.copy_and_resolve_references()
   other.eval.output_dir = "a_file" if relative else path
   with pytest.raises(ConfigError, match=r"config\.eval\.output_dir = .* is a file"):
-    evaluate_lib.evaluate(other, workdir)
+    eval_mode.run(other, workdir)
   assert sorted(os.listdir(workdir)) == before
 
 

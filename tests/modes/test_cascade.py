@@ -9,12 +9,12 @@ import pytest
 
 from configs import tiny
 from glide_jax.errors import UserError
-from glide_jax.evaluation.evaluate import evaluate
 from glide_jax.experiment import Experiment
+from glide_jax.modes.eval import run as evaluate
+from glide_jax.modes.sample import run as sample_and_save
+from glide_jax.modes.sample import upsample
+from glide_jax.modes.train import run as train
 from glide_jax.rng import stream_key
-from glide_jax.sampling.cascade import upsample
-from glide_jax.sampling.sweep import sample_and_save
-from glide_jax.train.loop import train
 
 PROMPTS = ["7", "three"]
 SCALES = (0.0, 2.0)

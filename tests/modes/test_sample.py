@@ -11,8 +11,8 @@ from PIL import Image
 from configs import tiny
 from glide_jax import data as data_lib
 from glide_jax.errors import UserError
-from glide_jax.sampling.sweep import sample_and_save
-from glide_jax.train.loop import train
+from glide_jax.modes.sample import run as sample_and_save
+from glide_jax.modes.train import run as train
 from helpers.paths import REPO
 
 PROMPTS = ["7", "seven", "3"]

@@ -1,7 +1,7 @@
 """--mode=edit: regenerate the masked part of images to match prompts, with the guided sampler.
 
 An inpainting workdir (config.model.inpaint) edits as glide-text2im does; any other workdir edits by the
-replacement method, so a base checkpoint can edit too (see editing/known_region.py).
+replacement method, so a base checkpoint can edit too (see diffusion/known_region.py).
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import numpy as np
 from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
 from glide_jax.editing.figure import edit_figure
-from glide_jax.editing.inputs import load_images, load_known_mask
+from glide_jax.editing.inputs import edit_method, load_images, load_known_mask
+from glide_jax.editing.masks import known_region_error
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
 from glide_jax.sampling import images as images_lib
 from glide_jax.sampling.prompts import split_prompts
-
-
-def edit_method(config: ml_collections.ConfigDict) -> str:
-  return "inpainting model" if config.model.inpaint else "replacement method"
 
 
 def edit_grid(exp: Experiment, params, images_uint8: np.ndarray, known: np.ndarray, prompts: list[str],
@@ -42,15 +39,7 @@ def edit_grid(exp: Experiment, params, images_uint8: np.ndarray, known: np.ndarr
   return images_lib.to_uint8(flat).reshape(n, p, k, *flat.shape[1:])
 
 
-def known_region_error(edits: np.ndarray, images_uint8: np.ndarray, known: np.ndarray) -> int:
-  """Largest |edit − original| at uint8 over the known pixels (0 when the known region is kept exactly)."""
-  n = len(images_uint8)
-  keep = np.broadcast_to((known > 0.5).reshape(n, 1, 1, *known.shape[1:]), edits.shape)
-  diff = np.abs(edits.astype(int) - images_uint8.reshape(n, 1, 1, *images_uint8.shape[1:]).astype(int))
-  return int(diff[keep].max(initial=0))
-
-
-def edit_and_save(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   """Edits config.edit.images under config.edit.mask for every prompt and guidance scale; writes
   edits/edit.png (original | masked | edits) and edits/edits.npz; returns their paths."""
   exp = Experiment(config, workdir)

@@ -82,7 +82,7 @@ def diverged_error(streak: int, step: int, config: ml_collections.ConfigDict, ch
                                f"before them and is kept. To resume from it with a lower learning rate, {fix}{hint}")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from the latest checkpoint in workdir) until config.train.num_steps; returns the state.
 
   SIGTERM or SIGINT finishes the current step, saves a checkpoint there and returns early (before the

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from configs import tiny
-from glide_jax.train.loop import train
+from glide_jax.modes.train import run as train
 from helpers.trees import assert_trees_equal
 
 

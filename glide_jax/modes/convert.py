@@ -1,0 +1,53 @@
+"""--mode=convert: one of OpenAI's released GLIDE checkpoints into a glide-jax workdir:
+
+  python main.py --mode=convert --model=base --checkpoint=base.pt --workdir=glide/base
+
+`--mode=sample` and `--mode=edit` then use the workdir like any trained run, with the matching config
+(configs/glide_base.py, configs/glide_upsample.py; ":inpaint" for the inpainting models). The file is read
+without running code from it (glide_jax.released.state_dict_file); every key and shape is checked.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from glide_jax.experiment import Experiment
+from glide_jax.released.keymap import convert_state_dict
+from glide_jax.released.options import apply_glide_options, glide_config
+from glide_jax.released.state_dict_file import read_state_dict
+
+
+def convert_checkpoint(config: ml_collections.ConfigDict, state_dict: dict[str, np.ndarray], workdir: str) -> int:
+  """Writes a state dict's parameters as step 0 of `workdir` (parameters and EMA alike) for `config`'s
+  model; returns the number of parameters. A workdir that already holds checkpoints is left alone."""
+  exp = Experiment(config, workdir)
+  params = convert_state_dict(state_dict, exp.abstract_state.params)
+  exp.write_params(params, step=0)
+  return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
+
+
+def config_for(model: str, options: Optional[dict] = None) -> ml_collections.ConfigDict:
+  """The released model's config, or the model options a file records (an .npz such as the reference
+  goldens) when it has them."""
+  config = glide_config(model)
+  if options is not None:
+    apply_glide_options(config, options)
+  return config
+
+
+def run(config: None, workdir: str, model: str, checkpoint: str) -> int:
+  """Converts `checkpoint`, one of OpenAI's released `model`s, into `workdir`; returns the parameter count.
+  (`config` is None: the released model names its own.)"""
+  del config
+  state_dict, options = read_state_dict(checkpoint)
+  count = convert_checkpoint(config_for(model, options), state_dict, workdir)
+  name = "glide_upsample" if model.startswith("upsample") else "glide_base"
+  suffix = ":inpaint" if model.endswith("-inpaint") else ""
+  print(f"Converted {checkpoint} ({count:,} parameters) into {os.path.abspath(workdir)}. Sample with:\n"
+        f"  python main.py --config=configs/{name}.py{suffix} --workdir={workdir} --mode=sample", flush=True)
+  return count

@@ -1,0 +1,113 @@
+"""--mode=sample: the guidance sweep from the latest checkpoint, written as PNGs and samples.npz.
+
+From an upsampler's workdir, the cascade (glide-text2im's text2im notebook): a base model samples small
+images with classifier-free guidance, then the upsampler enlarges each one, conditioned on the same prompt.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from glide_jax import data as data_lib
+from glide_jax.config import guidance_scales
+from glide_jax.errors import UserError
+from glide_jax.experiment import Experiment
+from glide_jax.rng import stream_key
+from glide_jax.sampling import batched
+from glide_jax.sampling import images as images_lib
+from glide_jax.sampling.prompts import class_of_prompt, parse_prompts
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Samples the guidance sweep from workdir's latest checkpoint; returns the paths written.
+
+  One grid per guidance scale (a column per prompt, a row per repeat), guidance_sweep.png (a row per
+  prompt, a column per scale, labelled) and samples.npz, all in workdir/samples. An upsampler's workdir
+  samples the cascade (`sample_cascade_grid` below); samples.npz then also holds the base samples.
+  """
+  exp = Experiment(config, workdir)
+  workdir = exp.open_workdir(create=False)
+  s = config.sample
+  class_names = exp.class_names()
+  prompts = parse_prompts(s, class_names)
+  scales = guidance_scales(s)
+  params, step = exp.load_params(s.use_ema)
+  low_res = None
+  if exp.model_config.super_res:  # The cascade: the base run's samples, enlarged.
+    low_res, grid = sample_cascade_grid(exp, params, prompts, scales, s.num_per_prompt,
+                                        stream_key(config.seed, "sample"))
+  else:
+    sampler = exp.configured_sampler()
+    with batched.progress_bar(len(prompts) * len(scales) * s.num_per_prompt, "sample") as progress:
+      grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"),
+                             progress=progress)
+  paths = {}
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, "samples")
+    os.makedirs(out_dir, exist_ok=True)
+    p, n_scales, k = grid.shape[:3]
+    for j, scale in enumerate(scales):
+      path = os.path.join(out_dir, f"guidance_{scale:g}.png")
+      columns = grid[:, j].transpose(1, 0, 2, 3, 4).reshape(-1, *grid.shape[3:])
+      images_lib.save_png(path, images_lib.make_grid(columns, rows=k, cols=p))
+      paths[f"grid_{scale:g}"] = path
+    paths["figure"] = os.path.join(out_dir, "guidance_sweep.png")
+    images_lib.save_png(paths["figure"], images_lib.sweep_figure(grid, prompts, scales))
+    paths["npz"] = os.path.join(out_dir, "samples.npz")
+    np.savez_compressed(
+        paths["npz"], images=grid.reshape(-1, *grid.shape[3:]),
+        prompts=np.repeat(np.array(prompts), n_scales * k),
+        digits=np.repeat(np.array([class_of_prompt(q, class_names) for q in prompts]), n_scales * k),
+        guidance=np.tile(np.repeat(np.array(scales, np.float32), k), p), step=step,
+        **({} if low_res is None else {"low_res": low_res.reshape(-1, *low_res.shape[3:])}))
+    print(f"Wrote {len(scales)} grids, {paths['figure']} and {paths['npz']} (checkpoint step {step}, "
+          f"{'EMA' if s.use_ema else 'raw'} parameters).", flush=True)
+  return paths
+
+
+def base_experiment(upsampler: Experiment) -> Experiment:
+  """The run config.sample.base_workdir names, checked to produce what `upsampler` enlarges."""
+  s = upsampler.config.sample
+  if not s.base_workdir:
+    raise UserError("This workdir holds an upsampler: --mode=sample enlarges a base model's samples. Name the "
+                    "base model's workdir with --config.sample.base_workdir=DIR.")
+  base = Experiment.from_workdir(s.base_workdir, mesh=upsampler.mesh)
+  want, got = upsampler.model_config, base.model_config
+  if (got.image_size, got.in_channels) != (want.low_res_size, want.in_channels) or got.super_res:
+    raise UserError(f"config.sample.base_workdir {s.base_workdir} holds a {got.image_size} px, {got.in_channels}-"
+                    f"channel {'upsampler' if got.super_res else 'model'}; this upsampler enlarges "
+                    f"{want.low_res_size} px, {want.in_channels}-channel images from a base model.")
+  return base
+
+
+def upsample(upsampler: Experiment, params: Any, low_res: np.ndarray, prompts: Sequence[str],
+             rng: jax.Array) -> np.ndarray:
+  """uint8 [N, H, W, C]: each uint8 image of `low_res` [N, h, w, C] enlarged for its prompt, as
+  glide-text2im does: from the 8-bit images, conditional (no guidance), x_T at config.sample.upsample_temp."""
+  s = upsampler.config.sample
+  sampler = upsampler.make_sampler(s.sampler, s.respacing, s.ddim_eta, temperature=s.upsample_temp, guided=False)
+  tokens, mask = upsampler.tokenizer.tokenize_batch(list(prompts), upsampler.config.model.text_ctx)
+  flat = batched.sample_in_batches(sampler, params, tokens, mask, np.ones((len(prompts),), np.float32), rng,
+                                   s.batch_size, upsampler.mesh.size, low_res=data_lib.to_model_range(low_res))
+  return images_lib.to_uint8(flat)
+
+
+def sample_cascade_grid(upsampler: Experiment, params: Any, prompts: Sequence[str], scales: Sequence[float],
+                        num_per_prompt: int, rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """(base samples [P, S, K, h, w, C], their enlargements [P, S, K, H, W, C]), uint8, for every prompt,
+  guidance scale of the base stage and repeat."""
+  base = base_experiment(upsampler)
+  bs = base.config.sample
+  base_params, _ = base.load_params(bs.use_ema)
+  base_sampler = base.configured_sampler()
+  low = base.sample_grid(base_sampler, base_params, prompts, scales, num_per_prompt, jax.random.fold_in(rng, 0))
+  p, n_scales, k = low.shape[:3]
+  rows = np.repeat(np.arange(p), n_scales * k)
+  high = upsample(upsampler, params, low.reshape(-1, *low.shape[3:]), [prompts[i] for i in rows],
+                  jax.random.fold_in(rng, 1))
+  return low, high.reshape(p, n_scales, k, *high.shape[1:])

@@ -1,0 +1,21 @@
+"""--mode=train_classifier: the classifier --mode=eval scores with, trained and cached ahead of time."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import ml_collections
+
+from glide_jax.config import validate_config
+from glide_jax.evaluation.classifier_cache import TrainedClassifier, get_or_train_classifier
+
+
+def run(config: ml_collections.ConfigDict, workdir: Optional[str] = None) -> TrainedClassifier:
+  """The checked config's classifier, trained and cached unless already cached.
+
+  The workdir is not used: the cache is shared by every run on the same dataset and image size.
+  """
+  del workdir
+  validate_config(config)
+  return get_or_train_classifier(config, verbose=jax.process_index() == 0)
