@@ -22,9 +22,8 @@ def dense(features: int, dtype: Dtype, name: str, zero_init: bool = False) -> nn
                   kernel_init=zeros_init if zero_init else torch_default_init)
 
 
-def conv(features: int, kernel: int, dtype: Dtype, name: str, zero_init: bool = False, use_bias: bool = True,
-         strides: int = 1) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=kernel // 2, use_bias=use_bias,
+def conv(features: int, kernel: int, dtype: Dtype, name: str, zero_init: bool = False, strides: int = 1) -> nn.Conv:
+  return nn.Conv(features, (kernel, kernel), strides=(strides, strides), padding=kernel // 2,
                  dtype=dtype, param_dtype=jnp.float32, name=name,
                  kernel_init=zeros_init if zero_init else torch_default_init)
 

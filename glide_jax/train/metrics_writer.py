@@ -40,11 +40,6 @@ class MetricWriter:
     image = image_uint8 if image_uint8.ndim == 3 else image_uint8[..., None]
     self._tb.add_image(tag, image, int(step), dataformats="HWC")
 
-  def flush(self) -> None:
-    if self.enabled:
-      self._jsonl.flush()
-      self._tb.flush()
-
   def close(self) -> None:
     """Closes both files. On a full disk the last TensorBoard events are lost, not raised: the error that
     stopped training names the problem (metrics.jsonl is flushed at every write), and an unclosed writer
