@@ -9,19 +9,21 @@ checkpoints. The modes add only what is theirs (the loop, the sweep, the scores)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import ml_collections
 import numpy as np
+import optax
 
 from glide_jax import data as data_lib
 from glide_jax import sharding as sharding_lib
 from glide_jax.config import default_config, num_microbatches, validate_config
 from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.errors import UserError
-from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer
+from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
 from glide_jax.sampling.guided import GuidedSampler
@@ -67,10 +69,35 @@ class Experiment:
     self.model = Text2ImUNet(self.model_config)
     self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps)
     self.mesh = mesh if mesh is not None else _mesh_the_batch_fits(config)
-    self.optimizer = make_optimizer(config)
-    self.init_fn, self.state_shardings = make_sharded_init(self.mesh, self.model, self.optimizer,
-                                                           stream_key(config.seed, "init"))
-    self.abstract_state = ckpt_lib.abstract_with_shardings(jax.eval_shape(self.init_fn), self.state_shardings)
+
+  # The training layout is built on first use: sampling, evaluation and editing never need an optimizer.
+  @functools.cached_property
+  def optimizer(self) -> optax.GradientTransformation:
+    return make_optimizer(self.config)
+
+  @functools.cached_property
+  def _sharded_init(self) -> tuple[Callable[[], TrainState], Any]:
+    return make_sharded_init(self.mesh, self.model, self.optimizer, stream_key(self.config.seed, "init"))
+
+  @property
+  def init_fn(self) -> Callable[[], TrainState]:
+    """A fresh training state (random parameters, new optimizer), made directly in its shardings."""
+    return self._sharded_init[0]
+
+  @property
+  def state_shardings(self) -> Any:
+    return self._sharded_init[1]
+
+  @functools.cached_property
+  def abstract_state(self) -> TrainState:
+    """The training state's shapes, dtypes and shardings (ShapeDtypeStructs; nothing allocated)."""
+    return ckpt_lib.abstract_with_shardings(jax.eval_shape(self.init_fn), self.state_shardings)
+
+  @functools.cached_property
+  def abstract_params(self) -> Any:
+    """The parameters' shapes, dtypes and shardings alone: what sampling restores."""
+    shapes = jax.eval_shape(functools.partial(init_params, self.model), stream_key(self.config.seed, "init"))
+    return ckpt_lib.abstract_with_shardings(shapes, sharding_lib.state_shardings(self.mesh, shapes))
 
   @classmethod
   def from_workdir(cls, workdir: str, mesh: Optional[jax.sharding.Mesh] = None) -> "Experiment":
@@ -121,14 +148,38 @@ class Experiment:
     return ckpt_lib.Checkpointer(os.path.join(self.open_workdir(create=not read_only), "checkpoints"),
                                  keep=self.config.train.keep_checkpoints, read_only=read_only)
 
+  def _check_same_model(self, checkpointer: ckpt_lib.Checkpointer) -> Callable[[dict], None]:
+    return lambda saved: ckpt_lib.check_same_model(saved, self.config, checkpointer.directory)
+
+  def _state_targets(self) -> dict[str, Any]:
+    a = self.abstract_state
+    return {"params": a.params, "ema_params": a.ema_params, ckpt_lib.TRAINING_ITEM: {
+        "step": a.step, "opt_state": a.opt_state, "nonfinite_streak": a.nonfinite_streak}}
+
+  def _state_from_items(self, items: dict[str, Any], step: int) -> TrainState:
+    """A TrainState from restored items; a checkpoint of parameters alone (a converted model) continues with
+    them as parameters and EMA and a fresh optimizer, at its step."""
+    if ckpt_lib.TRAINING_ITEM not in items:
+      build = jax.jit(lambda p: init_state_from_params(self.optimizer, p), out_shardings=self.state_shardings)
+      state = build(items["params"])
+      return state.replace(step=state.step + step)
+    training = items[ckpt_lib.TRAINING_ITEM]
+    return TrainState(step=training["step"], params=items["params"], ema_params=items["ema_params"],
+                      opt_state=training["opt_state"], nonfinite_streak=training["nonfinite_streak"])
+
+  def restore_state(self, checkpointer: ckpt_lib.Checkpointer, step: Optional[int] = None) -> TrainState:
+    """The training state of the checkpoint at `step` (default: the latest)."""
+    step = checkpointer.latest_step() if step is None else step
+    items, _ = checkpointer.restore(self._state_targets(), step, self._check_same_model(checkpointer))
+    return self._state_from_items(items, step)
+
   def restore_or_init(self, checkpointer: ckpt_lib.Checkpointer) -> TrainState:
     """The latest readable checkpoint (older ones if the latest is damaged), or a fresh state if none:
     random, or the parameters of the run config.train.init_from names."""
     if checkpointer.latest_step() is None:
       return self.init_from(self.config.train.init_from) if self.config.train.init_from else self.init_fn()
-    check = lambda saved: ckpt_lib.check_same_model(saved, self.config, checkpointer.directory)  # noqa: E731
-    state, _ = checkpointer.restore_latest_readable(self.abstract_state, check)
-    return state
+    items, _, step = checkpointer.restore_latest_readable(self._state_targets(), self._check_same_model(checkpointer))
+    return self._state_from_items(items, step)
 
   def init_from(self, base_workdir: str) -> TrainState:
     """A fresh state (step 0, new optimizer) whose parameters and EMA are the EMA parameters of the latest
@@ -152,34 +203,36 @@ class Experiment:
     try:
       if checkpointer.latest_step() is None:
         raise UserError(f"config.train.init_from = {base_workdir!r} has no checkpoint yet; train the base run first.")
-      base_state, _ = checkpointer.restore_latest_readable(base.abstract_state, check)
+      items, _, base_step = checkpointer.restore_latest_readable({"ema_params": base.abstract_params}, check)
     finally:
       checkpointer.close()
     build = jax.jit(lambda p: init_state_from_params(self.optimizer, transfer_params(p, self.abstract_state.params)),
                     out_shardings=self.state_shardings)
-    state = build(base_state.ema_params)
+    state = build(items["ema_params"])
     if jax.process_index() == 0:
-      added = new_input_channels(base_state.ema_params, self.abstract_state.params)
-      print(f"Starting from the EMA parameters of {base.workdir} (step {int(jax.device_get(base_state.step))})"
+      added = new_input_channels(items["ema_params"], self.abstract_state.params)
+      print(f"Starting from the EMA parameters of {base.workdir} (step {base_step})"
             + (f"; the {added} new input channels start at zero." if added else "."), flush=True)
     return state
 
   def load_params(self, use_ema: bool = True) -> tuple[Any, int]:
     """(EMA or raw parameters, step) of the workdir's latest checkpoint; a UserError when there is none."""
     checkpointer = self.checkpointer(read_only=True)
+    name = "ema_params" if use_ema else "params"
     try:
       if checkpointer.latest_step() is None:
         raise UserError(f"No checkpoint in {checkpointer.directory}: train first with "
                         f"`python main.py --config=... --workdir={self.workdir}` (sampling and evaluation need one).")
-      state = self.restore_or_init(checkpointer)
+      items, _, step = checkpointer.restore_latest_readable({name: self.abstract_params},
+                                                            self._check_same_model(checkpointer))
     finally:
       checkpointer.close()
-    return (state.ema_params if use_ema else state.params), int(jax.device_get(state.step))
+    return items[name], step
 
   def write_params(self, params: Any, step: int = 0) -> None:
-    """Writes `params` as checkpoint `step` of this new workdir: parameters and EMA alike, a fresh optimizer
-    state. A workdir that already holds checkpoints, or that a trainer is using, is refused with a UserError,
-    and nothing is written.
+    """Writes `params` as checkpoint `step` of this new workdir, parameters alone (sampling reads them as the
+    EMA; training continues from them with a fresh optimizer). A workdir that already holds checkpoints, or
+    that a trainer is using, is refused with a UserError, and nothing is written.
 
     The trainer's lock comes first: opening checkpoints read-write runs Orbax's clean-up of unfinished
     saves, which would delete a running trainer's save in flight.
@@ -190,9 +243,9 @@ class Experiment:
         if checkpointer.latest_step() is not None:
           raise UserError(f"--workdir {self.workdir} already holds checkpoints; give a new directory (nothing was "
                           f"written).")
-        build = jax.jit(lambda p: init_state_from_params(self.optimizer, p), out_shardings=self.state_shardings)
-        state = build(params)
-        checkpointer.save(step, state.replace(step=state.step + step), self.config)
+        laid_out = jax.jit(lambda p: p, out_shardings=jax.tree_util.tree_map(lambda a: a.sharding,
+                                                                             self.abstract_params))(params)
+        checkpointer.save_params(step, laid_out, self.config)
       finally:
         checkpointer.close()
 

@@ -1,9 +1,9 @@
 """Moves a run's EMA parameters to another machine as one small .npz, and into a workdir there.
 
-A checkpoint holds the parameters, their EMA and Adam's two moments: four times what sampling and evaluation
-read. `export` writes the latest checkpoint's EMA parameters, its step and the config the run saved; `import`
-writes them as that step of a new workdir (parameters and EMA alike, a fresh optimizer state), which
---mode=sample and --mode=eval read as they read the original. docs/quality.md used it to evaluate CPU runs on a
+A training checkpoint holds the parameters, their EMA and Adam's two moments: four times what sampling and
+evaluation read. `export` writes the latest checkpoint's EMA parameters, its step and the config the run saved;
+`import` writes them as that step of a new workdir (the parameters alone, as a converted model is written),
+which --mode=sample and --mode=eval read as they read the original. docs/quality.md used it to evaluate CPU runs on a
 lent GPU whose transfer limit their full checkpoints exceeded.
 
   python scripts/carry_params.py export --workdir=runs/final/seed0 --npz=seed0.npz
@@ -58,7 +58,7 @@ def import_params(path: str, workdir: str) -> int:
     files = {k: f[k] for k in f.files}
   step = int(files.pop(STEP_KEY))
   exp = Experiment(ckpt_lib.config_from_json(json.loads(str(files.pop(CONFIG_KEY))), default_config()), workdir)
-  paths, treedef = jax.tree_util.tree_flatten_with_path(exp.abstract_state.params)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(exp.abstract_params)
   names = [jax.tree_util.keystr(key) for key, _ in paths]
   if sorted(names) != sorted(files):
     raise UserError(f"{path} does not hold this model's parameters: {len(set(names) ^ set(files))} names differ.")

@@ -26,7 +26,7 @@ def convert_checkpoint(config: ml_collections.ConfigDict, state_dict: dict[str, 
   """Writes a state dict's parameters as step 0 of `workdir` (parameters and EMA alike) for `config`'s
   model; returns the number of parameters. A workdir that already holds checkpoints is left alone."""
   exp = Experiment(config, workdir)
-  params = convert_state_dict(state_dict, exp.abstract_state.params)
+  params = convert_state_dict(state_dict, exp.abstract_params)
   exp.write_params(params, step=0)
   return sum(int(p.size) for p in jax.tree_util.tree_leaves(params))
 

@@ -1,7 +1,10 @@
-"""Orbax checkpoints of the training state and the config that produced it.
+"""Orbax checkpoints: the parameters, their EMA and training's own state as separate items, and the config.
 
-Each step directory holds `state` (step, params, EMA params, optimizer state) and `config` (JSON).
-Restoring builds its target from the *current* mesh, so a checkpoint restores onto any topology.
+A training checkpoint's step directory holds `params`, `ema_params`, `training` (step, optimizer state,
+non-finite streak) and `config` (JSON); a converted or imported model's holds `params` and `config` only,
+and its parameters serve as its EMA. Sampling reads one parameter item, never the optimizer's moments.
+Checkpoints written before the split hold everything in one `state` item; they are read in part, the same
+way. Restoring builds its target from the *current* mesh, so a checkpoint restores onto any topology.
 """
 
 from __future__ import annotations
@@ -92,6 +95,16 @@ def _write_each_array_whole_in_one_process() -> None:
 _arrays_written_whole = False
 
 
+PARAM_ITEMS = ("params", "ema_params")
+TRAINING_ITEM = "training"  # {"step", "opt_state", "nonfinite_streak"}: what only training reads.
+LEGACY_ITEM = "state"  # The whole TrainState, as checkpoints were written before the items were split.
+ITEMS = (*PARAM_ITEMS, TRAINING_ITEM, LEGACY_ITEM, "config")
+
+
+def _restore_args(tree: Any) -> Any:
+  return ocp.args.PyTreeRestore(item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree))
+
+
 class Checkpointer:
   """Saves when told (the training loop decides when), keeps the last `keep`, restores the latest."""
 
@@ -105,7 +118,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         create=not read_only, read_only=read_only, enable_async_checkpointing=True,
         cleanup_tmp_directories=not read_only, **writable)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "config"))
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -113,11 +126,23 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  def items(self, step: int) -> set[str]:
+    """The items the checkpoint at `step` holds."""
+    return {name for name in ITEMS if os.path.isdir(os.path.join(self.directory, str(step), name))}
+
   @_disk_full_is_a_user_error
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict) -> bool:
-    """Starts an asynchronous save of `state` at `step`; returns whether one was started."""
+    """Starts an asynchronous save of a TrainState at `step`; returns whether one was started."""
+    training = {"step": state.step, "opt_state": state.opt_state, "nonfinite_streak": state.nonfinite_streak}
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_to_json(config))), force=True)
+        params=ocp.args.PyTreeSave(state.params), ema_params=ocp.args.PyTreeSave(state.ema_params),
+        training=ocp.args.PyTreeSave(training), config=ocp.args.JsonSave(config_to_json(config))), force=True)
+
+  @_disk_full_is_a_user_error
+  def save_params(self, step: int, params: Any, config: ml_collections.ConfigDict) -> bool:
+    """Starts an asynchronous save of a model's parameters alone (no EMA, no optimizer) at `step`."""
+    return self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.PyTreeSave(params), config=ocp.args.JsonSave(config_to_json(config))), force=True)
 
   def saved_config(self, step: Optional[int] = None) -> dict:
     """The config saved with the checkpoint at `step` (default: the latest), as a dict."""
@@ -126,25 +151,46 @@ class Checkpointer:
       raise UserError(f"No checkpoint in {self.directory}: train (or convert) a model there first.")
     return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
-  def restore(self, abstract_state: Any, step: Optional[int] = None,
-              check_config: Optional[Callable[[dict], None]] = None) -> tuple[Any, dict]:
-    """(state laid out as `abstract_state`'s shardings, the saved config as a dict) at `step` or the latest.
+  def restore(self, targets: dict[str, Any], step: Optional[int] = None,
+              check_config: Optional[Callable[[dict], None]] = None) -> tuple[dict[str, Any], dict]:
+    """({item: its arrays} for the items of `targets` the checkpoint holds, the saved config as a dict) at
+    `step` or the latest; each laid out as its target's abstract tree (ShapeDtypeStructs with shardings).
 
-    `check_config(saved_config)` runs before the state is read, so a checkpoint of another model is
-    reported by it (a UserError naming the fields) rather than as a shape mismatch.
+    `targets` names items of ITEMS (TRAINING_ITEM's target a dict of its three fields). Items the checkpoint
+    lacks are left out, except that "ema_params" falls back to "params" (a converted model's parameters are
+    its EMA). Only the arrays asked for are read. `check_config(saved_config)` runs first, so a checkpoint
+    of another model is reported by it (a UserError naming the fields) rather than as a shape mismatch.
     """
     step = self.latest_step() if step is None else step
     if step is None:
       raise UserError(f"No checkpoint in {self.directory}: train first with --mode=train and the same --workdir.")
     if check_config is not None:
       check_config(self.saved_config(step))
+    present = self.items(step)
+    if LEGACY_ITEM in present:
+      return self._restore_legacy(targets, step)
+    source = {name: name if name in present else "params" for name in targets
+              if name in present or (name == "ema_params" and "params" in present)}
+    read = {item: targets[name] for name, item in source.items()}  # Each item read once.
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
-    return restored["state"], restored["config"]
+        config=ocp.args.JsonRestore(), **{item: _restore_args(tree) for item, tree in read.items()}))
+    return {name: restored[item] for name, item in source.items()}, restored["config"]
 
-  def restore_latest_readable(self, abstract_state: Any,
-                              check_config: Optional[Callable[[dict], None]] = None) -> tuple[Any, dict]:
-    """Restores the newest checkpoint that reads back; a damaged one is reported and skipped.
+  def _restore_legacy(self, targets: dict[str, Any], step: int) -> tuple[dict[str, Any], dict]:
+    """The same from a checkpoint of one `state` item (a TrainState), reading only the fields asked for."""
+    tree = {k: v for name, target in targets.items()
+            for k, v in (target.items() if name == TRAINING_ITEM else [(name, target)])}
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore(), state=ocp.args.PyTreeRestore(
+            item=tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree), partial_restore=True)))
+    state = restored["state"]
+    items = {name: ({k: state[k] for k in target} if name == TRAINING_ITEM else state[name])
+             for name, target in targets.items()}
+    return items, restored["config"]
+
+  def restore_latest_readable(self, targets: dict[str, Any], check_config: Optional[Callable[[dict], None]] = None
+                              ) -> tuple[dict[str, Any], dict, int]:
+    """`restore` of the newest checkpoint that reads back, and its step; a damaged one is reported and skipped.
 
     Damaged checkpoints newer than the one restored are moved (never deleted) to
     `<workdir>/damaged_checkpoints` unless read-only, so training can save those steps again.
@@ -153,7 +199,7 @@ class Checkpointer:
     failures, damaged = [], []
     for step in sorted(self.all_steps(), reverse=True):
       try:
-        restored = self.restore(abstract_state, step, check_config)
+        items, config = self.restore(targets, step, check_config)
       except UserError:
         raise
       except Exception as e:  # Orbax/TensorStore raise many types for truncated or corrupted files.
@@ -164,7 +210,7 @@ class Checkpointer:
                       f"({type(e).__name__}: {reason}).", stacklevel=2)
         continue
       self._set_aside(damaged)
-      return restored
+      return items, config, step
     raise UserError(f"Every checkpoint in {self.directory} is damaged ({'; '.join(failures)}). Nothing was "
                     f"deleted; move the directory away to start from scratch.")
 

@@ -119,17 +119,20 @@ def restore_checkpoint(config, workdir, step=None):
   exp = Experiment(config, str(workdir))
   checkpointer = exp.checkpointer(read_only=True)
   try:
-    state, _ = checkpointer.restore(exp.abstract_state, step)
+    state = exp.restore_state(checkpointer, step)
   finally:
     checkpointer.close()
   return jax.device_get(state)
 
 
 def corrupt_checkpoint(workdir, step):
-  """Overwrites the array data files and the OCDBT manifest of a checkpoint's state with garbage."""
-  state_dir = os.path.join(workdir, "checkpoints", str(step), "state")
-  paths = [os.path.join(state_dir, "manifest.ocdbt")]
-  paths += [os.path.join(state_dir, "d", n) for n in os.listdir(os.path.join(state_dir, "d"))]
+  """Overwrites the array data files and the OCDBT manifests of every item of a checkpoint with garbage."""
+  paths = []
+  for item in ("params", "ema_params", "training", "state"):
+    item_dir = os.path.join(workdir, "checkpoints", str(step), item)
+    if os.path.isdir(item_dir):
+      paths += [os.path.join(item_dir, "manifest.ocdbt")]
+      paths += [os.path.join(item_dir, "d", n) for n in os.listdir(os.path.join(item_dir, "d"))]
   assert len(paths) >= 2
   for path in paths:
     size = os.path.getsize(path)

@@ -48,7 +48,7 @@ def test_the_converted_workdir_holds_the_reference_model(converted):
   params, step = exp.load_params(use_ema=True)
   raw, _ = exp.load_params(use_ema=False)
   assert step == 0
-  expected = convert_state_dict(read_state_dict(GOLDEN_BASE)[0], exp.abstract_state.params)
+  expected = convert_state_dict(read_state_dict(GOLDEN_BASE)[0], exp.abstract_params)
   for got, want, also in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(expected),
                              jax.tree_util.tree_leaves(raw)):
     np.testing.assert_array_equal(got, want)

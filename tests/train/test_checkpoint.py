@@ -8,12 +8,14 @@ import warnings
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from glide_jax import sharding
 from glide_jax.errors import UserError
+from glide_jax.experiment import Experiment
 from glide_jax.modes.train import run as train
 from glide_jax.train.checkpoint import Checkpointer, config_to_json, model_config_differences, recipe_differences
 from helpers.runs import (
@@ -26,6 +28,7 @@ from helpers.runs import (
   snapshot,
   tiny_config,
 )
+from helpers.trees import assert_trees_equal
 
 # Reading a damaged checkpoint leaves TensorStore callbacks firing into Orbax's closed event loop (printed,
 # harmless); they surface at random later points as unraisable-exception warnings.
@@ -202,14 +205,76 @@ def test_a_save_in_one_process_compiles_no_slicing_programs(tmp_path):
   jax.monitoring.register_event_duration_secs_listener(count_compiles)
   try:
     checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
-    checkpointer.save(1, state, tiny_config())
+    checkpointer.save_params(1, state, tiny_config())
     checkpointer.close()
   finally:
     jax.monitoring.unregister_event_duration_listener(count_compiles)
   assert compiles == []
   reader = Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
   abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated) for k, v in state.items()}
-  restored, _ = reader.restore(abstract)
+  restored, _ = reader.restore({"params": abstract})
   reader.close()
   for k in state:
-    np.testing.assert_array_equal(np.asarray(restored[k]), np.asarray(state[k]))
+    np.testing.assert_array_equal(np.asarray(restored["params"][k]), np.asarray(state[k]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The checkpoint's items: sampling reads one parameter item; a model written alone has no optimizer state.
+
+
+def _items(workdir, step):
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  try:
+    return checkpointer.items(step)
+  finally:
+    checkpointer.close()
+
+
+def test_sampling_reads_one_parameter_item_and_builds_no_training_layout(four_steps_once):
+  assert _items(four_steps_once, 4) == {"params", "ema_params", "training", "config"}
+  state = restore_checkpoint(tiny_config(), four_steps_once)
+  exp = Experiment(tiny_config(), four_steps_once)
+  ema, step = exp.load_params(use_ema=True)
+  raw, _ = exp.load_params(use_ema=False)
+  assert step == int(state.step) == 4
+  assert_trees_equal(jax.device_get(ema), state.ema_params)
+  assert_trees_equal(jax.device_get(raw), state.params)
+  assert not {"optimizer", "_sharded_init", "abstract_state"} & set(vars(exp))  # Built on first use only.
+
+
+def test_a_model_written_alone_holds_its_parameters_only_and_trains_on_with_a_fresh_optimizer(four_steps_once,
+                                                                                             tmp_path):
+  ema, _ = Experiment(tiny_config(), four_steps_once).load_params()
+  workdir = str(tmp_path / "alone")
+  exp = Experiment(tiny_config(), workdir)
+  exp.write_params(ema, step=4)
+  assert _items(workdir, 4) == {"params", "config"}
+  loaded, step = exp.load_params(use_ema=True)
+  assert step == 4
+  assert_trees_equal(jax.device_get(loaded), jax.device_get(ema))
+  state = restore_checkpoint(tiny_config(), workdir)
+  assert int(state.step) == 4 and int(state.nonfinite_streak) == 0
+  assert_trees_equal(state.params, jax.device_get(ema))
+  assert_trees_equal(state.ema_params, jax.device_get(ema))
+  assert all(not np.any(leaf) for leaf in jax.tree_util.tree_leaves(state.opt_state))  # Adam's moments, fresh.
+
+
+def test_a_checkpoint_of_the_single_item_layout_still_loads(four_steps_once, tmp_path):
+  """Workdirs written before the items were split hold one `state` item; sampling reads its EMA alone."""
+  config = tiny_config()
+  exp = Experiment(config, four_steps_once)
+  checkpointer = exp.checkpointer(read_only=True)
+  state = exp.restore_state(checkpointer)
+  checkpointer.close()
+  workdir = str(tmp_path / "old")
+  legacy = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state", "config"))
+  legacy.save(4, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                         config=ocp.args.JsonSave(config_to_json(config))))
+  legacy.wait_until_finished()
+  legacy.close()
+  assert _items(workdir, 4) == {"state", "config"}
+  old = Experiment(config, workdir)
+  ema, step = old.load_params()
+  assert step == 4
+  assert_trees_equal(jax.device_get(ema), jax.device_get(state.ema_params))
+  assert_trees_equal(restore_checkpoint(config, workdir), jax.device_get(state))
