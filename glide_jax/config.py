@@ -148,6 +148,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
+def base_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config of the run an inpainting run was fine-tuned from (train.init_from): the same model without
+  the inpainting channels, itself started from scratch."""
+  base = config.copy_and_resolve_references()
+  base.model.inpaint = False
+  base.train.init_from = ""
+  return base
+
+
 def guidance_scales(sample_config: ml_collections.ConfigDict) -> list[float]:
   """config.sample.guidance_scales as floats: a number or a tuple of them (the command line may give a
   tuple of numeric strings, e.g. ('nan',)); a TypeError or ValueError for anything else."""

@@ -19,8 +19,9 @@ import numpy as np
 import optax
 
 from glide_jax import data as data_lib
+from glide_jax import saved_config
 from glide_jax import sharding as sharding_lib
-from glide_jax.config import default_config, num_microbatches, validate_config
+from glide_jax.config import base_run_config, default_config, num_microbatches, validate_config
 from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.errors import UserError
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
@@ -106,12 +107,9 @@ class Experiment:
     if not os.path.isdir(directory):
       raise UserError(f"{workdir} holds no model (no checkpoints/ in it); give the workdir of a trained or "
                       f"converted run.")
-    checkpointer = ckpt_lib.Checkpointer(directory, read_only=True)
-    try:
+    with ckpt_lib.Checkpointer(directory, read_only=True) as checkpointer:
       saved = checkpointer.saved_config()
-    finally:
-      checkpointer.close()
-    return cls(ckpt_lib.config_from_json(saved, default_config()), workdir, mesh=mesh)
+    return cls(saved_config.config_from_json(saved, default_config()), workdir, mesh=mesh)
 
   def require_not_upsampler(self, mode: str) -> None:
     """A UserError for modes that generate from prompts alone, when this model is an upsampler."""
@@ -149,7 +147,7 @@ class Experiment:
                                  keep=self.config.train.keep_checkpoints, read_only=read_only)
 
   def _check_same_model(self, checkpointer: ckpt_lib.Checkpointer) -> Callable[[dict], None]:
-    return lambda saved: ckpt_lib.check_same_model(saved, self.config, checkpointer.directory)
+    return lambda saved: saved_config.check_same_model(saved, self.config, checkpointer.directory)
 
   def _state_targets(self) -> dict[str, Any]:
     a = self.abstract_state
@@ -185,27 +183,22 @@ class Experiment:
     """A fresh state (step 0, new optimizer) whose parameters and EMA are the EMA parameters of the latest
     checkpoint in `base_workdir`: a run of the same model, except that this one may be an inpainting model
     (its extra input channels start at zero)."""
-    base_config = self.config.copy_and_resolve_references()
-    base_config.model.inpaint = False
-    base_config.train.init_from = ""
+    base_config = base_run_config(self.config)
     base = Experiment(base_config, base_workdir, mesh=self.mesh)
     if not os.path.isdir(os.path.join(base.workdir, "checkpoints")):
       raise UserError(f"config.train.init_from = {base_workdir!r} holds no training run (no checkpoints/ in "
                       f"{base.workdir}); give the workdir of a finished base run.")
 
     def check(saved: dict) -> None:
-      diffs = ckpt_lib.model_config_differences(saved, base_config)
+      diffs = saved_config.model_config_differences(saved, base_config)
       if diffs:
         raise UserError(f"config.train.init_from: the run in {base.workdir} has another model than this one "
                         f"(apart from model.inpaint): {'; '.join(diffs)}. Use the base run's model settings.")
 
-    checkpointer = base.checkpointer(read_only=True)
-    try:
+    with base.checkpointer(read_only=True) as checkpointer:
       if checkpointer.latest_step() is None:
         raise UserError(f"config.train.init_from = {base_workdir!r} has no checkpoint yet; train the base run first.")
       items, _, base_step = checkpointer.restore_latest_readable({"ema_params": base.abstract_params}, check)
-    finally:
-      checkpointer.close()
     build = jax.jit(lambda p: init_state_from_params(self.optimizer, transfer_params(p, self.abstract_state.params)),
                     out_shardings=self.state_shardings)
     state = build(items["ema_params"])
@@ -217,16 +210,13 @@ class Experiment:
 
   def load_params(self, use_ema: bool = True) -> tuple[Any, int]:
     """(EMA or raw parameters, step) of the workdir's latest checkpoint; a UserError when there is none."""
-    checkpointer = self.checkpointer(read_only=True)
     name = "ema_params" if use_ema else "params"
-    try:
+    with self.checkpointer(read_only=True) as checkpointer:
       if checkpointer.latest_step() is None:
         raise UserError(f"No checkpoint in {checkpointer.directory}: train first with "
                         f"`python main.py --config=... --workdir={self.workdir}` (sampling and evaluation need one).")
       items, _, step = checkpointer.restore_latest_readable({name: self.abstract_params},
                                                             self._check_same_model(checkpointer))
-    finally:
-      checkpointer.close()
     return items[name], step
 
   def write_params(self, params: Any, step: int = 0) -> None:
@@ -238,16 +228,13 @@ class Experiment:
     saves, which would delete a running trainer's save in flight.
     """
     with WorkdirLock(self.open_workdir(create=True)) if jax.process_index() == 0 else contextlib.nullcontext():
-      checkpointer = self.checkpointer()
-      try:
+      with self.checkpointer() as checkpointer:
         if checkpointer.latest_step() is not None:
           raise UserError(f"--workdir {self.workdir} already holds checkpoints; give a new directory (nothing was "
                           f"written).")
         laid_out = jax.jit(lambda p: p, out_shardings=jax.tree_util.tree_map(lambda a: a.sharding,
                                                                              self.abstract_params))(params)
         checkpointer.save_params(step, laid_out, self.config)
-      finally:
-        checkpointer.close()
 
   # --- Training ------------------------------------------------------------------------------------------
 

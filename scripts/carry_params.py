@@ -29,7 +29,7 @@ from absl import app, flags, logging  # noqa: E402
 from glide_jax.config import default_config  # noqa: E402
 from glide_jax.errors import UserError, report_errors  # noqa: E402
 from glide_jax.experiment import Experiment  # noqa: E402
-from glide_jax.train import checkpoint as ckpt_lib  # noqa: E402
+from glide_jax.saved_config import config_from_json  # noqa: E402
 
 STEP_KEY, CONFIG_KEY = "__step__", "__config__"
 flags.DEFINE_string("workdir", None, "The run to export, or the new workdir to import into.", required=True)
@@ -41,11 +41,8 @@ def export_params(workdir: str, path: str) -> int:
   """Writes `workdir`'s latest EMA parameters, step and saved config to `path`; returns the step."""
   exp = Experiment.from_workdir(workdir)
   params, step = exp.load_params(use_ema=True)
-  checkpointer = exp.checkpointer(read_only=True)
-  try:
+  with exp.checkpointer(read_only=True) as checkpointer:
     saved = checkpointer.saved_config()
-  finally:
-    checkpointer.close()
   leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
   arrays = {jax.tree_util.keystr(key): np.asarray(leaf) for key, leaf in leaves}
   np.savez(path, **{STEP_KEY: np.int64(step), CONFIG_KEY: np.asarray(json.dumps(saved))}, **arrays)
@@ -57,7 +54,7 @@ def import_params(path: str, workdir: str) -> int:
   with np.load(path, allow_pickle=False) as f:
     files = {k: f[k] for k in f.files}
   step = int(files.pop(STEP_KEY))
-  exp = Experiment(ckpt_lib.config_from_json(json.loads(str(files.pop(CONFIG_KEY))), default_config()), workdir)
+  exp = Experiment(config_from_json(json.loads(str(files.pop(CONFIG_KEY))), default_config()), workdir)
   paths, treedef = jax.tree_util.tree_flatten_with_path(exp.abstract_params)
   names = [jax.tree_util.keystr(key) for key, _ in paths]
   if sorted(names) != sorted(files):

@@ -110,9 +110,8 @@ def test_checkpoint_from_eight_devices_restores_here_and_continues(runs, tmp_pat
   launch(tmp_path, 4, num_processes=1, devices_per_process=8, mesh="(4, 2)")
   config = tiny_config(6)
   exp = Experiment(config, str(tmp_path))
-  checkpointer = exp.checkpointer(read_only=True)
-  restored = exp.restore_or_init(checkpointer)
-  checkpointer.close()
+  with exp.checkpointer(read_only=True) as checkpointer:
+    restored = exp.restore_or_init(checkpointer)
   assert int(restored.step) == 4
   for leaf in jax.tree_util.tree_leaves((restored.params, restored.opt_state)):
     assert leaf.sharding.mesh.devices.size == len(jax.devices())  # Laid out on the current mesh.

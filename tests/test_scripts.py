@@ -113,9 +113,8 @@ def test_carry_params_moves_a_runs_ema_parameters_into_a_new_workdir(tmp_path):
   state = exp.init_fn()
   # An EMA unlike the raw parameters, at a step other than 0, so that the test tells them apart.
   state = state.replace(step=state.step + 7, ema_params=jax.tree_util.tree_map(lambda p: p + 1, state.ema_params))
-  checkpointer = exp.checkpointer()
-  checkpointer.save(7, state, config)
-  checkpointer.close()
+  with exp.checkpointer() as checkpointer:
+    checkpointer.save(7, state, config)
 
   npz = tmp_path / "run.npz"
   exported = _carry("export", f"--workdir={tmp_path / 'run'}", f"--npz={npz}")

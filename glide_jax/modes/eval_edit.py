@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from glide_jax import data as data_lib
-from glide_jax.config import guidance_scales
+from glide_jax.config import base_run_config, guidance_scales
 from glide_jax.editing.inputs import edit_method, load_known_mask
 from glide_jax.editing.masks import known_region_error
 from glide_jax.evaluation import metrics
@@ -40,9 +40,7 @@ def methods_to_compare(config: ml_collections.ConfigDict, workdir: str) -> list[
   runs = [(edit_method(config), Experiment(config, workdir))]
   base_workdir = config.edit.base_workdir or (config.train.init_from if config.model.inpaint else "")
   if config.model.inpaint and base_workdir:
-    base_config = config.copy_and_resolve_references()
-    base_config.model.inpaint = False
-    base_config.train.init_from = ""
+    base_config = base_run_config(config)
     runs.append((edit_method(base_config), Experiment(base_config, base_workdir)))
   return runs
 

@@ -12,13 +12,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from glide_jax import saved_config
 from glide_jax import sharding as sharding_lib
 from glide_jax.errors import TrainingDivergedError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import images as images_lib
-from glide_jax.train import checkpoint as ckpt_lib
-from glide_jax.train.metrics_writer import MetricWriter
+from glide_jax.train.metrics_writer import MetricsWindow, MetricWriter
 from glide_jax.train.preemption import PreemptionGuard
 from glide_jax.train.step import TrainState
 from glide_jax.train.workdir_lock import WorkdirLock
@@ -47,13 +47,6 @@ class TrainingSampler:
       os.makedirs(self.out_dir, exist_ok=True)
       images_lib.save_png(os.path.join(self.out_dir, f"train_step_{step:07d}.png"), image)
       writer.write_image(step, "samples", image)
-
-
-def _summarize(pending: list[dict[str, jax.Array]], seconds: float) -> dict[str, float]:
-  summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-  summary["nonfinite"] *= len(pending)  # A count per logging window, not a fraction.
-  summary["steps_per_sec"] = len(pending) / seconds
-  return summary
 
 
 def recovery_command(learning_rate: float) -> str:
@@ -108,13 +101,12 @@ def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: Preemp
   """Restores or initialises the state, then trains unless there is nothing to do or a stop came first."""
   t = exp.config.train
   is_main = jax.process_index() == 0
-  checkpointer = exp.checkpointer()
-  try:
+  with exp.checkpointer() as checkpointer:
     state = exp.restore_or_init(checkpointer)
     start = int(jax.device_get(state.step))
     if start:
       # Every process reads the saved config: an Orbax restore waits for all of them.
-      changed = ckpt_lib.recipe_differences(checkpointer.saved_config(start), exp.config)
+      changed = saved_config.recipe_differences(checkpointer.saved_config(start), exp.config)
       if is_main:
         print(f"Resuming from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
         if changed:
@@ -132,8 +124,6 @@ def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: Preemp
               f"{'resume' if start else 'start'}.", flush=True)
       return state
     return _train_steps(exp, state, start, step_fn, batches, checkpointer, guard, workdir)
-  finally:
-    checkpointer.close()
 
 
 def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batches, checkpointer, guard,
@@ -145,27 +135,12 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
   train_rng = exp.train_rng
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)
-  pending: list[dict[str, jax.Array]] = []
   # Compiled before the first step (from the persistent cache when an earlier run compiled it), so the time
   # is reported apart from the steps: in the first metrics row as compile_s.
   compile_start = time.perf_counter()
   step_fn = sharding_lib.compiled_for_all_processes(
       step_fn, state, sharding_lib.put_batch(batches(start), exp.mesh), train_rng)
-  compile_s: float | None = time.perf_counter() - compile_start
-  window_start = time.perf_counter()
-
-  def write_metrics(step: int) -> None:
-    nonlocal pending, window_start, compile_s
-    if not pending:
-      return
-    summary = _summarize(pending, time.perf_counter() - window_start)
-    if compile_s is not None:
-      summary["compile_s"], compile_s = compile_s, None
-    writer.write_scalars(step, summary)
-    if bar is not None:
-      bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
-                      steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
-    pending, window_start = [], time.perf_counter()
+  window = MetricsWindow(writer, bar, compile_s=time.perf_counter() - compile_start)
 
   # A resumed run starts a fresh streak (checkpoints are only written after finite steps, but older ones
   # may carry one).
@@ -179,10 +154,10 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
       # The previous step's streak is read after this step is dispatched, so the check never stalls.
       streak, last_streak = last_streak, metrics.pop("nonfinite_streak")
       if int(streak) >= t.max_nonfinite_steps:
-        write_metrics(step)
+        window.write(step)
         checkpointer.wait()
         raise diverged_error(int(streak), step, config, checkpointer.directory, checkpointer.latest_step(), start)
-      pending.append(metrics)
+      window.add(metrics)
       done = step + 1
       stopping = guard.should_stop(done)
       skipped = 0
@@ -195,7 +170,7 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
         else:
           checkpointer.save(done, state, config)
       if stopping or done % t.log_every == 0 or done == t.num_steps:
-        write_metrics(done)
+        window.write(done)
       if stopping:
         checkpointer.wait()
         if is_main:
@@ -205,7 +180,7 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
         break
       if sampler is not None and (done % t.sample_every == 0 or done == t.num_steps):
         sampler(state, done, writer)
-        window_start = time.perf_counter()
+        window.restart_clock()
       if bar is not None:
         bar.update(1)
   finally:

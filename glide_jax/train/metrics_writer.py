@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Optional
+import time
+from typing import Any, Mapping, Optional
 
 import jax
 import numpy as np
@@ -52,3 +53,40 @@ class MetricWriter:
       except OSError as e:
         if not is_disk_full(e):
           raise
+
+
+class MetricsWindow:
+  """The metrics of the steps since the last row: averaged, timed and written as one row (metrics.jsonl,
+  TensorBoard, the progress bar's postfix). The first row also carries the train step's compile time."""
+
+  def __init__(self, writer: MetricWriter, bar: Any = None, compile_s: Optional[float] = None):
+    self.writer, self.bar, self.compile_s = writer, bar, compile_s
+    self.pending: list[dict[str, jax.Array]] = []
+    self.restart_clock()
+
+  def add(self, metrics: dict[str, jax.Array]) -> None:
+    self.pending.append(metrics)  # Device arrays: read only when the row is written, so steps never stall.
+
+  def restart_clock(self) -> None:
+    """Starts timing afresh, leaving out of steps_per_sec what came between (a sample grid)."""
+    self.start = time.perf_counter()
+
+  def summary(self) -> dict[str, float]:
+    rows = jax.device_get(self.pending)
+    summary = {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+    summary["nonfinite"] *= len(rows)  # A count per logging window, not a fraction.
+    summary["steps_per_sec"] = len(rows) / (time.perf_counter() - self.start)
+    if self.compile_s is not None:
+      summary["compile_s"], self.compile_s = self.compile_s, None
+    return summary
+
+  def write(self, step: int) -> None:
+    if not self.pending:
+      return
+    summary = self.summary()
+    self.writer.write_scalars(step, summary)
+    if self.bar is not None:
+      self.bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
+                           steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
+    self.pending = []
+    self.restart_clock()

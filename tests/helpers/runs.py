@@ -117,12 +117,8 @@ def assert_nothing_removed_or_changed(before, after):
 def restore_checkpoint(config, workdir, step=None):
   """The TrainState of a checkpoint, restored in this process (its single device)."""
   exp = Experiment(config, str(workdir))
-  checkpointer = exp.checkpointer(read_only=True)
-  try:
-    state = exp.restore_state(checkpointer, step)
-  finally:
-    checkpointer.close()
-  return jax.device_get(state)
+  with exp.checkpointer(read_only=True) as checkpointer:
+    return jax.device_get(exp.restore_state(checkpointer, step))
 
 
 def corrupt_checkpoint(workdir, step):

@@ -1,11 +1,13 @@
-"""MetricWriter: one JSON line per logged step, and a close that a full disk cannot turn into a traceback."""
+"""MetricWriter: one JSON line per logged step, and a close that a full disk cannot turn into a traceback;
+MetricsWindow: a window of steps as one averaged row."""
 
 import errno
 import json
 
+import jax.numpy as jnp
 import pytest
 
-from glide_jax.train.metrics_writer import MetricWriter
+from glide_jax.train.metrics_writer import MetricsWindow, MetricWriter
 
 
 def test_scalars_go_to_metrics_jsonl_one_line_per_step(tmp_path):
@@ -45,3 +47,22 @@ def test_close_raises_any_other_error(tmp_path, monkeypatch):
   _tensorboard_close_raises(writer, monkeypatch, OSError(errno.EACCES, "Permission denied"))
   with pytest.raises(OSError, match="Permission denied"):
     writer.close()
+
+
+def test_a_window_of_steps_is_one_row_of_means_with_the_compile_time_in_the_first(tmp_path):
+  writer = MetricWriter(str(tmp_path), enabled=True)
+  window = MetricsWindow(writer, compile_s=12.5)
+  window.write(0)  # No steps yet: no row.
+  for loss, nonfinite in [(1.0, 0.0), (0.5, 1.0), (0.0, 0.0)]:
+    window.add({"loss": jnp.float32(loss), "mse": jnp.float32(loss / 2), "nonfinite": jnp.float32(nonfinite)})
+  window.write(3)
+  window.add({"loss": jnp.float32(0.25), "mse": jnp.float32(0.125), "nonfinite": jnp.float32(0.0)})
+  window.write(4)
+  writer.close()
+  with open(tmp_path / "metrics.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [r["step"] for r in rows] == [3, 4]
+  assert rows[0]["loss"] == pytest.approx(0.5) and rows[0]["mse"] == pytest.approx(0.25)
+  assert rows[0]["nonfinite"] == pytest.approx(1.0)  # A count over the window, not a fraction.
+  assert rows[0]["compile_s"] == 12.5 and "compile_s" not in rows[1]
+  assert rows[0]["steps_per_sec"] > 0 and rows[1]["loss"] == 0.25
