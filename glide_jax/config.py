@@ -14,9 +14,9 @@ from glide_jax.errors import ConfigError
 from glide_jax.model import model_config
 from glide_jax.model.tokenizer import TOKENIZER_NAMES
 from glide_jax.model.tokenizer import unavailable_reason as tokenizer_unavailable_reason
+from glide_jax.sampling.guidance import GUIDANCE
 from glide_jax.sampling.prompts import read_prompt_file, split_prompts
-
-LR_SCHEDULES = ("constant", "cosine")  # train.lr_schedule; implemented by train.step.learning_rate_schedule.
+from glide_jax.train.lr_schedules import LR_SCHEDULES
 
 
 def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
@@ -106,9 +106,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.prompts = ""            # Comma-separated; "" = one prompt per class ("zero", ..., "nine").
   c.sample.prompt_file = ""        # Or a UTF-8 file with one prompt per line.
   c.sample.guidance_scales = (0.0, 1.0, 2.0, 4.0, 7.0, 10.0, 20.0)
-  c.sample.sampler = "ddpm"        # "ddpm" or "ddim".
+  c.sample.sampler = "ddpm"        # A key of diffusion.samplers.SAMPLERS: "ddpm" or "ddim".
   c.sample.respacing = "100"       # 100 of the T steps, as glide-text2im samples; "" = all T; "10,10,3,2,2", "ddim50".
   c.sample.ddim_eta = 0.0
+  # A key of sampling.guidance.GUIDANCE: "classifier_free", or "none" (the conditional model, scales unused).
+  c.sample.guidance = "classifier_free"
   # Guidance only at timesteps t with lo <= t/T < hi (arXiv:2404.07724); the conditional model elsewhere.
   c.sample.guidance_interval = (0.0, 1.0)
   c.sample.num_per_prompt = 1
@@ -330,7 +332,7 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
   if not (_is_number(t.learning_rate) and t.learning_rate > 0):
     _fail("train.learning_rate", t.learning_rate, "it must be a positive number.")
   if t.lr_schedule not in LR_SCHEDULES:
-    _fail("train.lr_schedule", t.lr_schedule, f"choose one of {LR_SCHEDULES}.")
+    _fail("train.lr_schedule", t.lr_schedule, f"choose one of {tuple(LR_SCHEDULES)}.")
   if not (_is_number(t.lr_end_factor) and 0.0 <= t.lr_end_factor <= 1.0):
     _fail("train.lr_end_factor", t.lr_end_factor, "it is a fraction of train.learning_rate, in [0, 1].")
   if not (_is_number(t.min_snr_gamma) and t.min_snr_gamma >= 0.0):
@@ -390,7 +392,9 @@ def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
     _fail("sample.guidance_scales", s.guidance_scales,
           f"it has {bad}: scales must be finite and >= 0 (0 = unconditional, 1 = conditional, > 1 = guided).")
   if s.sampler not in SAMPLERS:
-    _fail("sample.sampler", s.sampler, f"choose one of {SAMPLERS}.")
+    _fail("sample.sampler", s.sampler, f"choose one of {tuple(SAMPLERS)}.")
+  if s.guidance not in GUIDANCE:
+    _fail("sample.guidance", s.guidance, f"choose one of {tuple(GUIDANCE)}.")
   _check_respacing("sample.respacing", s.respacing, num_timesteps)
   if not (_is_number(s.ddim_eta) and s.ddim_eta >= 0):
     _fail("sample.ddim_eta", s.ddim_eta, "it must be a finite number >= 0.")

@@ -27,7 +27,7 @@ from glide_jax.errors import UserError
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
-from glide_jax.sampling.guided import GuidedSampler
+from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 from glide_jax.train import checkpoint as ckpt_lib
 from glide_jax.train.init_from import new_input_channels, transfer_params
 from glide_jax.train.step import (
@@ -208,13 +208,22 @@ class Experiment:
             + (f"; the {added} new input channels start at zero." if added else "."), flush=True)
     return state
 
+  def _no_checkpoint(self, directory: str) -> UserError:
+    return UserError(f"No checkpoint in {directory}: train first with `python main.py --config=... "
+                     f"--workdir={self.workdir}` (sampling and evaluation need one).")
+
+  def require_checkpoint(self) -> None:
+    """A UserError, before any work, when the workdir holds no checkpoint to sample from."""
+    with self.checkpointer(read_only=True) as checkpointer:
+      if checkpointer.latest_step() is None:
+        raise self._no_checkpoint(checkpointer.directory)
+
   def load_params(self, use_ema: bool = True) -> tuple[Any, int]:
     """(EMA or raw parameters, step) of the workdir's latest checkpoint; a UserError when there is none."""
     name = "ema_params" if use_ema else "params"
     with self.checkpointer(read_only=True) as checkpointer:
       if checkpointer.latest_step() is None:
-        raise UserError(f"No checkpoint in {checkpointer.directory}: train first with "
-                        f"`python main.py --config=... --workdir={self.workdir}` (sampling and evaluation need one).")
+        raise self._no_checkpoint(checkpointer.directory)
       items, _, step = checkpointer.restore_latest_readable({name: self.abstract_params},
                                                             self._check_same_model(checkpointer))
     return items[name], step
@@ -262,24 +271,22 @@ class Experiment:
     """The dataset's class words ("zero" … "nine" for MNIST), from its metadata alone."""
     return data_lib.class_names_of(self.config.data)
 
-  def make_sampler(self, sampler: str = "ddpm", respacing: str = "", eta: float = 0.0,
-                   temperature: float = 1.0, guided: bool = True,
-                   guidance_interval: tuple[float, float] = (0.0, 1.0)) -> GuidedSampler:
-    """A compiled sampler over this model and mesh ("ddpm" or "ddim", respaced as given, initial noise
-    scaled by `temperature`), classifier-free guided (within guidance_interval) unless `guided` is False."""
-    return GuidedSampler(model=self.model, base_diffusion=self.diffusion, sampler=sampler, respacing=respacing,
-                         eta=eta, pad_id=self.tokenizer.pad_id, mesh=self.mesh, temperature=temperature,
-                         guided=guided, guidance_interval=tuple(float(x) for x in guidance_interval))
+  @property
+  def sampler_spec(self) -> SamplerSpec:
+    """The sampler config.sample describes: sampler, respacing, ddim_eta, guidance and its interval."""
+    return SamplerSpec.from_config(self.config.sample)
 
-  def configured_sampler(self) -> GuidedSampler:
-    """The guided sampler config.sample describes: sampler, respacing, ddim_eta and guidance_interval."""
-    s = self.config.sample
-    return self.make_sampler(s.sampler, s.respacing, s.ddim_eta, guidance_interval=s.guidance_interval)
+  def sampler(self, params: Any = None, spec: Optional[SamplerSpec] = None) -> GuidedSampler:
+    """The compiled sampler of `spec` (default: `sampler_spec`) over this model and mesh, bound to `params`
+    when given (else bind them with `.bind`)."""
+    sampler = GuidedSampler(model=self.model, base_diffusion=self.diffusion, spec=spec or self.sampler_spec,
+                            pad_id=self.tokenizer.pad_id, mesh=self.mesh)
+    return sampler if params is None else sampler.bind(params)
 
-  def sample_grid(self, sampler: GuidedSampler, params: Any, prompts: Sequence[str], scales: Sequence[float],
+  def sample_grid(self, sampler: GuidedSampler, prompts: Sequence[str], scales: Sequence[float],
                   num_per_prompt: int, rng: jax.Array, progress: Any = None) -> np.ndarray:
-    """uint8 samples [P, S, K, H, W, C] for every prompt, guidance scale and repeat, config.sample.batch_size
-    rows per sampler call."""
+    """uint8 samples [P, S, K, H, W, C] from a bound sampler for every prompt, guidance scale and repeat,
+    config.sample.batch_size rows per sampler call."""
     tokens, mask = self.tokenizer.tokenize_batch(list(prompts), self.config.model.text_ctx)
-    return batched.sample_grid(sampler, params, tokens, mask, np.asarray(scales, np.float32), num_per_prompt, rng,
+    return batched.sample_grid(sampler, tokens, mask, np.asarray(scales, np.float32), num_per_prompt, rng,
                                self.config.sample.batch_size, self.mesh.size, progress=progress)

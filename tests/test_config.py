@@ -15,6 +15,8 @@ from glide_jax.errors import ConfigError, UserError
 from glide_jax.model import DTYPES
 from glide_jax.model import tokenizer as tokenizer_lib
 from glide_jax.model.model_config import ATTENTION_IMPLS, NORM_IMPLS
+from glide_jax.sampling.guidance import GUIDANCE
+from glide_jax.train.lr_schedules import LR_SCHEDULES
 from helpers.paths import REPO
 
 
@@ -28,7 +30,9 @@ def test_every_shipped_config_is_valid(path):
   validate_config(default_config())
 
 
-@pytest.mark.parametrize("field,names", [("sample.sampler", SAMPLERS), ("diffusion.noise_schedule", SCHEDULE_NAMES),
+@pytest.mark.parametrize("field,names", [("sample.sampler", tuple(SAMPLERS)), ("sample.guidance", tuple(GUIDANCE)),
+                                         ("train.lr_schedule", tuple(LR_SCHEDULES)),
+                                         ("diffusion.noise_schedule", SCHEDULE_NAMES),
                                          ("model.dtype", tuple(DTYPES) + ("auto",)),
                                          ("model.attention_impl", ("xla", "auto")),
                                          ("model.norm_impl", NORM_IMPLS + ("auto",))])

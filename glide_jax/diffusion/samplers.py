@@ -1,17 +1,19 @@
-"""The reverse process, one step at a time: ancestral (DDPM) and DDIM updates, and the whole loop as a scan."""
+"""The reverse process, one step at a time: ancestral (DDPM) and DDIM updates, and the whole loop as a scan.
+
+`SAMPLERS` is the dispatch: a name (config.sample.sampler, checked against this table) → a `Sampler`, the
+update and the state it carries from step to step through the scan (none for one-step rules; a multistep
+solver keeps its previous predictions there). A new sampler is one function and one entry here.
+"""
 
 from __future__ import annotations
 
-import functools
-from typing import Callable, Optional
+import dataclasses
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
 from glide_jax.diffusion.gaussian import GaussianDiffusion, extract
-
-# Sampler names the config accepts (config.sample.sampler); the config validator reads this table.
-SAMPLERS = ("ddpm", "ddim")
 
 ModelFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x_t [B,H,W,C], index [B]) → output [B,H,W,2C]
 DenoisedFn = Callable[[jax.Array], jax.Array]  # x̂_0 → x̂_0, applied before clipping.
@@ -42,21 +44,47 @@ def ddim_step(diffusion: GaussianDiffusion, output: jax.Array, x: jax.Array, t: 
   return mean + nonzero * sigma * noise
 
 
+# (diffusion, network output, x_t, t [B], noise, carry, *, eta, denoised_fn) → (x_{t−1}, carry)
+SamplerStep = Callable[..., tuple[jax.Array, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A reverse-process update and its per-step state: `init_carry(x_T)` starts it, `step` updates both."""
+
+  step: SamplerStep
+  init_carry: Callable[[jax.Array], Any] = lambda x_T: ()
+
+
+def _ddpm(diffusion, output, x, t, noise, carry, *, eta, denoised_fn):
+  del eta  # Ancestral sampling has no η.
+  return p_sample_step(diffusion, output, x, t, noise, denoised_fn=denoised_fn), carry
+
+
+def _ddim(diffusion, output, x, t, noise, carry, *, eta, denoised_fn):
+  return ddim_step(diffusion, output, x, t, noise, eta=eta, denoised_fn=denoised_fn), carry
+
+
+# The samplers config.sample.sampler may name (the config validator reads this table's keys).
+SAMPLERS: dict[str, Sampler] = {"ddpm": Sampler(_ddpm), "ddim": Sampler(_ddim)}
+
+
 def sample_loop(model_fn: ModelFn, diffusion: GaussianDiffusion, x_T: jax.Array, rng: jax.Array,
                 sampler: str = "ddpm", eta: float = 0.0, denoised_fn: Optional[DenoisedFn] = None,
                 after_step: Optional[AfterStepFn] = None) -> jax.Array:
-  """Runs t = K−1 … 0 as one lax.scan; step i's noise is normal(fold_in(rng, i)).
+  """Runs t = K−1 … 0 as one lax.scan with `SAMPLERS[sampler]`; step i's noise is normal(fold_in(rng, i)).
 
   `denoised_fn` maps every step's x̂_0 (an inpainting model's known pixels are put back there);
   `after_step` edits every step's x_{t−1} (the replacement method of editing with an ordinary model).
   """
-  step = functools.partial(ddim_step, eta=eta) if sampler == "ddim" else p_sample_step
+  rule = SAMPLERS[sampler]
 
-  def body(x, i):
+  def body(carry, i):
+    x, state = carry
     t = jnp.full((x.shape[0],), i, jnp.int32)
     noise = jax.random.normal(jax.random.fold_in(rng, i), x.shape, x.dtype)
-    x = step(diffusion, model_fn(x, t), x, t, noise, denoised_fn=denoised_fn)
-    return (x if after_step is None else after_step(x, t)), None
+    x, state = rule.step(diffusion, model_fn(x, t), x, t, noise, state, eta=eta, denoised_fn=denoised_fn)
+    return ((x if after_step is None else after_step(x, t)), state), None
 
-  x, _ = jax.lax.scan(body, x_T, jnp.arange(diffusion.num_timesteps - 1, -1, -1))
+  (x, _), _ = jax.lax.scan(body, (x_T, rule.init_carry(x_T)), jnp.arange(diffusion.num_timesteps - 1, -1, -1))
   return x

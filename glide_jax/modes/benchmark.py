@@ -23,6 +23,7 @@ import numpy as np
 
 from glide_jax import sharding as sharding_lib
 from glide_jax.experiment import Experiment
+from glide_jax.sampling.guided import SamplerSpec
 
 # Dense peak TFLOP/s per JAX device, by device kind (lower-case substrings, most specific first), from the
 # vendors' datasheets: (bfloat16, float32 as XLA runs it by default: TF32 tensor cores on NVIDIA since
@@ -158,17 +159,16 @@ def time_train_step(config, batch_size: int, steps: int, synthetic: bool = False
 def time_sampling(config, num_samples: int, steps: int, repeats: int = 2) -> dict:
   """Seconds per guided sampling step (one batched forward pass on 2·num_samples rows)."""
   exp = Experiment(config)
-  params = exp.init_fn().ema_params
-  sampler = exp.make_sampler("ddpm", str(steps))
+  sampler = exp.sampler(exp.init_fn().ema_params, SamplerSpec(respacing=str(steps)))
   tokens, mask = exp.tokenizer.tokenize_batch(["7"] * num_samples, config.model.text_ctx)
   scales = np.full((num_samples,), 4.0, np.float32)
   t0 = time.perf_counter()
-  jax.block_until_ready(sampler(params, tokens, mask, scales, jax.random.key(0)))
+  jax.block_until_ready(sampler(tokens, mask, scales, jax.random.key(0)))
   first_s = time.perf_counter() - t0
   times = []
   for i in range(repeats):
     t0 = time.perf_counter()
-    jax.block_until_ready(sampler(params, tokens, mask, scales, jax.random.key(i + 1)))
+    jax.block_until_ready(sampler(tokens, mask, scales, jax.random.key(i + 1)))
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times)) / steps
   return {"samples": num_samples, "devices": exp.mesh.size, "dtype": exp.model_config.dtype,

@@ -29,12 +29,12 @@ def edit_grid(exp: Experiment, params, images_uint8: np.ndarray, known: np.ndarr
               scales: list[float], rng: jax.Array) -> np.ndarray:
   """uint8 edits [N, P, S, H, W, C] of N images (known: [N, H, W, 1], 1 = keep) for every prompt and scale."""
   s = exp.config.sample
-  sampler = exp.configured_sampler()
+  sampler = exp.sampler(params)
   n, p, k = len(images_uint8), len(prompts), len(scales)
   rows = np.array([(i, j, m) for i in range(n) for j in range(p) for m in range(k)])
   tokens, mask = exp.tokenizer.tokenize_batch(list(prompts), exp.config.model.text_ctx)
   flat = batched.sample_in_batches(
-      sampler, params, tokens[rows[:, 1]], mask[rows[:, 1]], np.asarray(scales, np.float32)[rows[:, 2]], rng,
+      sampler, tokens[rows[:, 1]], mask[rows[:, 1]], np.asarray(scales, np.float32)[rows[:, 2]], rng,
       s.batch_size, exp.mesh.size, images=data_lib.to_model_range(images_uint8)[rows[:, 0]], known=known[rows[:, 0]])
   return images_lib.to_uint8(flat).reshape(n, p, k, *flat.shape[1:])
 

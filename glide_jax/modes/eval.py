@@ -48,7 +48,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   s, e = config.sample, config.eval
   scales = guidance_scales(s)
   params, step = exp.load_params(s.use_ema)
-  sampler = exp.configured_sampler()
+  sampler = exp.sampler(params)
   is_main = jax.process_index() == 0
 
   classifier = get_or_train_classifier(config, verbose=is_main)
@@ -73,7 +73,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for scale in scales:
     start = time.perf_counter()
     # The same key at every scale: sample i starts from the same noise whatever the scale.
-    grid = exp.sample_grid(sampler, params, class_names, [scale], k, stream_key(config.seed, "eval"), progress)
+    grid = exp.sample_grid(sampler, class_names, [scale], k, stream_key(config.seed, "eval"), progress)
     images = grid[:, 0].reshape(num_classes * k, *grid.shape[3:])
     all_images.append(images)
     result = {"guidance_scale": scale, **scorer(images, labels)}

@@ -70,7 +70,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results, steps, rows = [], {}, []
   for method, exp in runs:
     params, steps[method] = exp.load_params(s.use_ema)
-    sampler = exp.configured_sampler()
+    sampler = exp.sampler(params)
     if is_main:
       print(f"Editing {n} test images ({e.mask!r} regenerated as the next class) by the {method} "
             f"(step {steps[method]}, {exp.workdir}), {s.sampler} with {sampler.num_steps} steps.", flush=True)
@@ -78,7 +78,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       start = time.perf_counter()
       # The same key for every method and scale: edit i starts from the same noise.
       flat = batched.sample_in_batches(
-          sampler, params, tokens[targets], mask[targets], np.full((n,), scale, np.float32),
+          sampler, tokens[targets], mask[targets], np.full((n,), scale, np.float32),
           stream_key(config.seed, "eval"), s.batch_size, exp.mesh.size,
           images=data_lib.to_model_range(originals), known=known)
       edits = images_lib.to_uint8(flat)

@@ -36,15 +36,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   class_names = exp.class_names()
   prompts = parse_prompts(s, class_names)
   scales = guidance_scales(s)
-  params, step = exp.load_params(s.use_ema)
   low_res = None
   if exp.model_config.super_res:  # The cascade: the base run's samples, enlarged.
-    low_res, grid = sample_cascade_grid(exp, params, prompts, scales, s.num_per_prompt,
-                                        stream_key(config.seed, "sample"))
+    low_res, grid, step = sample_cascade_grid(exp, prompts, scales, s.num_per_prompt,
+                                              stream_key(config.seed, "sample"))
   else:
-    sampler = exp.configured_sampler()
+    params, step = exp.load_params(s.use_ema)
     with batched.progress_bar(len(prompts) * len(scales) * s.num_per_prompt, "sample") as progress:
-      grid = exp.sample_grid(sampler, params, prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"),
+      grid = exp.sample_grid(exp.sampler(params), prompts, scales, s.num_per_prompt, stream_key(config.seed, "sample"),
                              progress=progress)
   paths = {}
   if jax.process_index() == 0:
@@ -90,24 +89,31 @@ def upsample(upsampler: Experiment, params: Any, low_res: np.ndarray, prompts: S
   """uint8 [N, H, W, C]: each uint8 image of `low_res` [N, h, w, C] enlarged for its prompt, as
   glide-text2im does: from the 8-bit images, conditional (no guidance), x_T at config.sample.upsample_temp."""
   s = upsampler.config.sample
-  sampler = upsampler.make_sampler(s.sampler, s.respacing, s.ddim_eta, temperature=s.upsample_temp, guided=False)
+  sampler = upsampler.sampler(params, upsampler.sampler_spec.replace(temperature=s.upsample_temp, guidance="none"))
   tokens, mask = upsampler.tokenizer.tokenize_batch(list(prompts), upsampler.config.model.text_ctx)
-  flat = batched.sample_in_batches(sampler, params, tokens, mask, np.ones((len(prompts),), np.float32), rng,
+  flat = batched.sample_in_batches(sampler, tokens, mask, np.ones((len(prompts),), np.float32), rng,
                                    s.batch_size, upsampler.mesh.size, low_res=data_lib.to_model_range(low_res))
   return images_lib.to_uint8(flat)
 
 
-def sample_cascade_grid(upsampler: Experiment, params: Any, prompts: Sequence[str], scales: Sequence[float],
-                        num_per_prompt: int, rng: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-  """(base samples [P, S, K, h, w, C], their enlargements [P, S, K, H, W, C]), uint8, for every prompt,
-  guidance scale of the base stage and repeat."""
+def base_samples(base: Experiment, prompts: Sequence[str], scales: Sequence[float], num_per_prompt: int,
+                 rng: jax.Array) -> np.ndarray:
+  """The base stage: uint8 [P, S, K, h, w, C]. Its parameters are freed on return, before the upsampler's load."""
+  params, _ = base.load_params(base.config.sample.use_ema)
+  return base.sample_grid(base.sampler(params), prompts, scales, num_per_prompt, rng)
+
+
+def sample_cascade_grid(upsampler: Experiment, prompts: Sequence[str], scales: Sequence[float],
+                        num_per_prompt: int, rng: jax.Array) -> tuple[np.ndarray, np.ndarray, int]:
+  """(base samples [P, S, K, h, w, C], their enlargements [P, S, K, H, W, C], uint8, for every prompt,
+  guidance scale of the base stage and repeat; the upsampler's checkpoint step). One model's parameters are
+  in memory at a time."""
   base = base_experiment(upsampler)
-  bs = base.config.sample
-  base_params, _ = base.load_params(bs.use_ema)
-  base_sampler = base.configured_sampler()
-  low = base.sample_grid(base_sampler, base_params, prompts, scales, num_per_prompt, jax.random.fold_in(rng, 0))
+  upsampler.require_checkpoint()  # Before the base stage's work.
+  low = base_samples(base, prompts, scales, num_per_prompt, jax.random.fold_in(rng, 0))
+  params, step = upsampler.load_params(upsampler.config.sample.use_ema)
   p, n_scales, k = low.shape[:3]
   rows = np.repeat(np.arange(p), n_scales * k)
   high = upsample(upsampler, params, low.reshape(-1, *low.shape[3:]), [prompts[i] for i in rows],
                   jax.random.fold_in(rng, 1))
-  return low, high.reshape(p, n_scales, k, *high.shape[1:])
+  return low, high.reshape(p, n_scales, k, *high.shape[1:]), step

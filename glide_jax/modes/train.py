@@ -18,6 +18,7 @@ from glide_jax.errors import TrainingDivergedError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import images as images_lib
+from glide_jax.sampling.guided import SamplerSpec
 from glide_jax.train.metrics_writer import MetricsWindow, MetricWriter
 from glide_jax.train.preemption import PreemptionGuard
 from glide_jax.train.step import TrainState
@@ -36,12 +37,12 @@ class TrainingSampler:
 
   def __init__(self, exp: Experiment, class_names, workdir: str):
     self.exp, self.prompts = exp, list(class_names)
-    self.sampler = exp.make_sampler("ddpm", exp.config.train.sample_respacing)
+    self.sampler = exp.sampler(spec=SamplerSpec(respacing=exp.config.train.sample_respacing))
     self.out_dir = os.path.join(workdir, "samples")
 
   def __call__(self, state: TrainState, step: int, writer: MetricWriter) -> None:
-    grid = self.exp.sample_grid(self.sampler, state.ema_params, self.prompts, [self.exp.config.train.sample_guidance],
-                                1, stream_key(self.exp.config.seed, "sample"))
+    grid = self.exp.sample_grid(self.sampler.bind(state.ema_params), self.prompts,
+                                [self.exp.config.train.sample_guidance], 1, stream_key(self.exp.config.seed, "sample"))
     image = images_lib.make_grid(grid[:, 0, 0], rows=1, cols=len(self.prompts))
     if jax.process_index() == 0:
       os.makedirs(self.out_dir, exist_ok=True)

@@ -18,6 +18,7 @@ from glide_jax.diffusion import GaussianDiffusion, hybrid_loss, min_snr_weight
 from glide_jax.editing.masks import random_known_masks
 from glide_jax.model import Text2ImUNet, init_params
 from glide_jax.model.text2im import downsample
+from glide_jax.train.lr_schedules import LR_SCHEDULES
 
 INPAINT_MASK_STREAM = 0x3A5C  # fold_in tag of the training masks' randomness within a step.
 
@@ -32,15 +33,9 @@ class TrainState:
 
 
 def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """After an optional linear warm-up from 0: constant (the reference lesson's), or "cosine", a half-cosine
-  from learning_rate down to learning_rate · lr_end_factor at step num_steps (Loshchilov & Hutter 2017,
-  eq. 5, without restarts), constant after it."""
+  """An optional linear warm-up from 0, then the schedule config.train.lr_schedule names (`LR_SCHEDULES`)."""
   t = config.train
-  if t.lr_schedule == "cosine":
-    decay_steps = max(t.num_steps - t.warmup_steps, 1)
-    after_warmup = optax.cosine_decay_schedule(t.learning_rate, decay_steps, alpha=t.lr_end_factor)
-  else:
-    after_warmup = optax.constant_schedule(t.learning_rate)
+  after_warmup = LR_SCHEDULES[t.lr_schedule](t)
   if t.warmup_steps > 0:
     warmup = optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps)
     return optax.join_schedules([warmup, after_warmup], [t.warmup_steps])

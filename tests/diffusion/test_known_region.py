@@ -13,7 +13,7 @@ from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.editing import masks
 from glide_jax.errors import UserError
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
-from glide_jax.sampling.guided import GuidedSampler
+from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 from glide_jax.sampling.images import to_uint8
 from glide_jax.train.init_from import new_input_channels, transfer_params
 
@@ -82,15 +82,15 @@ def test_transfer_names_a_tensor_that_does_not_fit(models):
 
 def sampler_for(models, inpaint):
   model = models["inpaint_model"] if inpaint else models["base_model"]
-  return GuidedSampler(model, models["diffusion"], respacing="5", pad_id=models["pad_id"])
+  params = models["inpaint_params"] if inpaint else models["base_params"]
+  return GuidedSampler(model, models["diffusion"], SamplerSpec(respacing="5"), pad_id=models["pad_id"]).bind(params)
 
 
 @pytest.mark.parametrize("inpaint", [True, False], ids=["inpainting_model", "replacement_method"])
 def test_edits_keep_the_known_region_exactly_and_an_empty_mask_is_ordinary_sampling(models, inpaint):
   sampler = sampler_for(models, inpaint)
-  params = models["inpaint_params"] if inpaint else models["base_params"]
   scales = np.array([0.0, 1.0, 3.0, 7.0], np.float32)
-  args = (params, models["tokens"], models["mask"], scales, jax.random.key(5))
+  args = (models["tokens"], models["mask"], scales, jax.random.key(5))
   known = np.stack([masks.named_mask(m, 16) for m in ("bottom", "top", "box:2,3,9,12", "left")])
   edited = np.asarray(sampler(*args, image=models["images"], known=known))
   assert np.all(np.isfinite(edited))
@@ -105,11 +105,11 @@ def test_edits_keep_the_known_region_exactly_and_an_empty_mask_is_ordinary_sampl
 def test_the_two_methods_differ_and_editing_needs_image_and_mask(models):
   scales = np.full((B,), 2.0, np.float32)
   known = np.stack([masks.named_mask("bottom", 16)] * B)
-  a = sampler_for(models, True)(models["inpaint_params"], models["tokens"], models["mask"], scales,
+  a = sampler_for(models, True)(models["tokens"], models["mask"], scales,
                                 jax.random.key(1), image=models["images"], known=known)
-  b = sampler_for(models, False)(models["base_params"], models["tokens"], models["mask"], scales,
+  b = sampler_for(models, False)(models["tokens"], models["mask"], scales,
                                  jax.random.key(1), image=models["images"], known=known)
   assert not np.allclose(a, b)
   with pytest.raises(ValueError, match="both the image and the known-pixel mask"):
-    sampler_for(models, True)(models["inpaint_params"], models["tokens"], models["mask"], scales,
+    sampler_for(models, True)(models["tokens"], models["mask"], scales,
                               jax.random.key(1), image=models["images"])

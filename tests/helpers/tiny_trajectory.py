@@ -14,6 +14,7 @@ import numpy as np
 from configs import tiny
 from glide_jax import sharding as sharding_lib
 from glide_jax.experiment import Experiment
+from glide_jax.sampling.guided import SamplerSpec
 
 
 def main():
@@ -24,9 +25,9 @@ def main():
   for step in range(int(sys.argv[1])):
     state, metrics = step_fn(state, sharding_lib.put_batch(batches(step), exp.mesh), exp.train_rng)
     metrics_per_step.append({k: float(v).hex() for k, v in jax.device_get(metrics).items()})
-  sampler = exp.make_sampler("ddpm", "5")
+  sampler = exp.sampler(jax.device_get(state.ema_params), SamplerSpec(respacing="5"))
   tokens, mask = exp.tokenizer.tokenize_batch(["7", "three"], config.model.text_ctx)
-  x = np.asarray(jax.device_get(sampler(jax.device_get(state.ema_params), tokens, mask,
+  x = np.asarray(jax.device_get(sampler(tokens, mask,
                                         np.array([0.0, 3.0], np.float32), jax.random.key(7))), np.float32)
   print(json.dumps({"metrics": metrics_per_step, "sample_sha256": hashlib.sha256(x.tobytes()).hexdigest(),
                     "sample_sum": float(np.sum(x, dtype=np.float64)).hex()}))

@@ -15,6 +15,7 @@ from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.sample import upsample
 from glide_jax.modes.train import run as train
 from glide_jax.rng import stream_key
+from glide_jax.sampling.guided import SamplerSpec
 
 PROMPTS = ["7", "three"]
 SCALES = (0.0, 2.0)
@@ -63,7 +64,7 @@ def test_the_cascade_enlarges_the_base_models_guided_samples(cascade):
   base = Experiment.from_workdir(base_dir)
   assert base.config.sample.respacing == "4" and base.model_config.image_size == 16
   params, _ = base.load_params()
-  low = base.sample_grid(base.make_sampler("ddpm", "4"), params, PROMPTS, SCALES, 1,
+  low = base.sample_grid(base.sampler(params, SamplerSpec(respacing="4")), PROMPTS, SCALES, 1,
                          jax.random.fold_in(stream_key(config.seed, "sample"), 0))
   np.testing.assert_array_equal(npz["low_res"], low.reshape(-1, 16, 16, 1))
 

@@ -4,7 +4,6 @@ References here are written independently of glide_jax.sampling: a plain Python 
 two separate forward passes (conditional, empty prompt) per step, and the formulas of the reference doc.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -16,7 +15,7 @@ from configs import tiny
 from glide_jax import sharding as sharding_lib
 from glide_jax.diffusion import GaussianDiffusion, respace, sample_loop, space_timesteps
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
-from glide_jax.sampling.guided import GuidedSampler
+from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 
 RESPACING = "5"
 PROMPTS = ["7", "three"]
@@ -64,9 +63,17 @@ def setup():
               shape=(B, config.data.image_size, config.data.image_size, config.data.channels))
 
 
-def make_sampler(setup, sampler="ddpm", eta=0.0, mesh=None):
-  return GuidedSampler(model=setup["model"], base_diffusion=setup["base"], sampler=sampler, respacing=RESPACING,
-                       eta=eta, pad_id=setup["tokenizer"].pad_id, mesh=mesh)
+def make_sampler(setup, sampler="ddpm", eta=0.0, mesh=None, **spec):
+  """A sampler bound to the setup's parameters."""
+  spec = SamplerSpec(sampler=sampler, respacing=RESPACING, eta=eta, **spec)
+  return GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=spec,
+                       pad_id=setup["tokenizer"].pad_id, mesh=mesh).bind(setup["params"])
+
+
+def respec(setup, sampler, **changes):
+  """The same sampler with some spec fields changed (a new compiled sampler), bound to the same parameters."""
+  return GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=sampler.spec.replace(**changes),
+                       pad_id=sampler.pad_id, mesh=sampler.mesh).bind(setup["params"])
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +134,7 @@ def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, inter
 def sample(sampler, setup, scales, seed=0, tokens=None, mask=None):
   tokens = setup["tokens"] if tokens is None else tokens
   mask = setup["mask"] if mask is None else mask
-  return np.asarray(sampler(setup["params"], tokens, mask, np.asarray(scales, np.float32), jax.random.key(seed)))
+  return np.asarray(sampler(tokens, mask, np.asarray(scales, np.float32), jax.random.key(seed)))
 
 
 # --- (1) the scan sampler equals a plain loop --------------------------------------------------------------
@@ -167,7 +174,7 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(setup, ddpm
   np.testing.assert_allclose(mixed[0], uncond_eps[0], atol=1e-5, rtol=0)
   np.testing.assert_allclose(mixed[1], conditional[1], atol=1e-5, rtol=0)
   # The unguided sampler (one forward pass per sample) is the conditional one, at any scale.
-  unguided = dataclasses.replace(sampler, guided=False)
+  unguided = respec(setup, sampler, guidance="none")
   np.testing.assert_allclose(sample(unguided, setup, [7.0, 0.0], seed=5), conditional, atol=1e-5, rtol=0)
   # Guidance above 1 extrapolates away from the conditional sample.
   assert np.abs(sample(sampler, setup, [4.0, 4.0], seed=5) - conditional).max() > 0.05
@@ -177,7 +184,7 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(setup, ddpm
 def test_guidance_interval_guides_only_the_steps_inside_it(setup, ddpm):
   # Steps at original t = 99, 74, 50, 25, 0 of T = 100: (0.3, 0.8) guides t = 74 and 50 only.
   interval = (0.3, 0.8)
-  limited = dataclasses.replace(ddpm, guidance_interval=interval)
+  limited = respec(setup, ddpm, guidance_interval=interval)
   got = sample(limited, setup, [4.0, 2.0], seed=6)
   np.testing.assert_allclose(got, reference_loop(setup, ddpm.diffusion, [4.0, 2.0], jax.random.key(6),
                                                  interval=interval), atol=1e-5, rtol=0)
@@ -185,9 +192,9 @@ def test_guidance_interval_guides_only_the_steps_inside_it(setup, ddpm):
   conditional = sample(ddpm, setup, [1.0, 1.0], seed=6)
   assert np.abs(got - everywhere).max() > 1e-2 and np.abs(got - conditional).max() > 1e-2
   # The full interval is ordinary guidance; one that holds no step is the conditional model throughout.
-  np.testing.assert_array_equal(sample(dataclasses.replace(ddpm, guidance_interval=(0.0, 1.0)), setup,
+  np.testing.assert_array_equal(sample(respec(setup, ddpm, guidance_interval=(0.0, 1.0)), setup,
                                        [4.0, 2.0], seed=6), everywhere)
-  empty = dataclasses.replace(ddpm, guidance_interval=(0.8, 0.9))
+  empty = respec(setup, ddpm, guidance_interval=(0.8, 0.9))
   np.testing.assert_allclose(sample(empty, setup, [4.0, 2.0], seed=6), conditional, atol=1e-5, rtol=0)
 
 
@@ -237,8 +244,7 @@ def test_sampler_over_a_mesh_matches_no_mesh(setup, ddpm):
   n = max(d for d in range(1, len(devices) + 1) if B % d == 0)
   mesh = sharding_lib.make_mesh((-1, 1), devices[:n])
   meshed = make_sampler(setup, "ddpm", mesh=mesh)
-  out = meshed(setup["params"], setup["tokens"], setup["mask"], np.array([3.0, 0.5], np.float32),
-               jax.random.key(4))
+  out = meshed(setup["tokens"], setup["mask"], np.array([3.0, 0.5], np.float32), jax.random.key(4))
   assert out.sharding.is_equivalent_to(sharding_lib.batch_sharding(mesh), out.ndim)
   np.testing.assert_allclose(np.asarray(out), sample(ddpm, setup, [3.0, 0.5], seed=4), atol=1e-5, rtol=0)
 
@@ -255,7 +261,32 @@ def test_scale_count_must_match_batch(setup, ddpm):
     sample(ddpm, setup, [1.0])
 
 
-def test_an_unknown_sampler_is_refused(setup):
+def test_an_unknown_sampler_or_guidance_rule_is_refused(setup):
   # (A config's sample.* values are checked by validate_config: tests/test_config.py.)
-  with pytest.raises(ValueError, match="Unknown sampler 'euler'"):
-    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], sampler="euler")
+  with pytest.raises(ValueError, match=r"Unknown sampler 'euler'; choose one of \('ddpm', 'ddim'\)"):
+    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(sampler="euler"))
+  with pytest.raises(ValueError, match="Unknown guidance 'autoguidance'"):
+    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(guidance="autoguidance"))
+
+
+def test_a_sampler_runs_bound_and_a_new_binding_compiles_nothing(setup, ddpm):
+  unbound = GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=ddpm.spec,
+                          pad_id=ddpm.pad_id)
+  with pytest.raises(ValueError, match=r"no parameters yet: sample with sampler.bind\(params\)"):
+    unbound(setup["tokens"], setup["mask"], np.ones(B, np.float32), jax.random.key(0))
+  sample(ddpm, setup, [3.0, 0.5], seed=1)  # Compiled (or loaded) once.
+  compiles = []
+
+  def count_compiles(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration)
+
+  shifted = jax.tree_util.tree_map(lambda p: p * 1.5, setup["params"])
+  jax.block_until_ready(shifted)
+  jax.monitoring.register_event_duration_secs_listener(count_compiles)
+  try:
+    rebound = sample(ddpm.bind(shifted), setup, [3.0, 0.5], seed=1)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count_compiles)
+  assert compiles == []
+  assert np.abs(rebound - sample(ddpm, setup, [3.0, 0.5], seed=1)).max() > 1e-3  # The new parameters are used.

@@ -1,0 +1,100 @@
+"""Guidance rules: how a sampling step's network output is made from the prompt, by name.
+
+`GUIDANCE` is the dispatch (config.sample.guidance, checked against this table): each rule says which text
+rows the network encodes once per sampler call (`text_rows`) and builds the loop's model function from them
+(`model_fn`). A new rule is one entry here; the parameters it needs (a second network's, for guidance by
+another model) reach it through `GuidanceInputs.params`, bound into the sampler with `GuidedSampler.bind`.
+
+Classifier-free guidance (GLIDE's text2im notebook): one forward pass on [conditional, unconditional] rows
+(the latter with the empty prompt) sharing x_t; ε̃ = ε_u + s (ε_c − ε_u); the variance output v comes from
+the conditional half. The guidance scale is an input array, so one compiled sampler serves every scale.
+Guidance may be limited to an interval of timesteps (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside
+it the step uses ε_c alone (s = 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from glide_jax.diffusion import GaussianDiffusion
+from glide_jax.diffusion.samplers import ModelFn
+from glide_jax.model import Text2ImUNet
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceInputs:
+  """What a rule's model function is built from, inside the compiled sampler."""
+
+  model: Text2ImUNet
+  params: dict[str, Any]  # "model": the sampled network's; other names: what `GuidedSampler.bind` added.
+  diffusion: GaussianDiffusion  # The respaced process: t indexes its timestep_map.
+  num_timesteps: int  # The base process's T, for the guidance interval.
+  xf_out: jax.Array  # The encoded `text_rows`.
+  xf_proj: jax.Array
+  scales: jax.Array  # [B] guidance scales.
+  interval: tuple[float, float]
+  extra_inputs: dict[str, jax.Array]  # An inpainting model's image and mask, an upsampler's low_res: [B, ...].
+
+  def denoise(self, x: jax.Array, t: jax.Array, rows: slice = slice(None), params: str = "model") -> jax.Array:
+    """The network on x [R, ...] at respaced steps t [R], with text rows `rows` and every extra input
+    repeated to R rows (R a multiple of B)."""
+    reps = x.shape[0] // self.scales.shape[0]
+    extra = {k: jnp.repeat(v, reps, axis=0) for k, v in self.extra_inputs.items()}
+    timestep_map = jnp.asarray(self.diffusion.timestep_map)
+    return self.model.apply({"params": self.params[params]}, x, timestep_map[t], self.xf_out[rows],
+                            self.xf_proj[rows], method=Text2ImUNet.denoise, **extra)
+
+
+def guidance_active(timesteps: jax.Array, num_timesteps: int, interval: tuple[float, float]) -> jax.Array:
+  """Whether guidance applies at original timesteps t of a T-step process: lo ≤ t / T < hi for
+  interval = (lo, hi); (0, 1) is every step, (0.1, 0.8) leaves out the noisiest 20% and the last 10%."""
+  u = timesteps.astype(jnp.float32) / num_timesteps
+  return (u >= interval[0]) & (u < interval[1])
+
+
+def with_empty_prompt(tokens: jax.Array, mask: jax.Array, pad_id: int) -> tuple[jax.Array, jax.Array]:
+  """Rows interleaved (conditional, unconditional) per sample: [B, L] → [2B, L]."""
+  b = tokens.shape[0]
+  tokens = jnp.stack([tokens, jnp.full_like(tokens, pad_id)], axis=1).reshape(2 * b, -1)
+  mask = jnp.stack([mask, jnp.zeros_like(mask)], axis=1).reshape(2 * b, -1)
+  return tokens, mask
+
+
+def classifier_free_model_fn(g: GuidanceInputs) -> ModelFn:
+  """ε̃ = ε_u + s (ε_c − ε_u) from one forward pass on 2B rows; v from the conditional half. Outside the
+  guidance interval the scale is 1."""
+  timestep_map = jnp.asarray(g.diffusion.timestep_map)
+
+  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    b, c = x.shape[0], x.shape[-1]
+    out = g.denoise(jnp.repeat(x, 2, axis=0), jnp.repeat(t, 2))  # Both halves see the same x_t.
+    out = out.reshape(b, 2, *out.shape[1:])
+    cond, uncond = out[:, 0], out[:, 1]
+    s = jnp.where(guidance_active(timestep_map[t], g.num_timesteps, g.interval), g.scales, 1.0)
+    s = s.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
+    eps = uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c])
+    return jnp.concatenate([eps, cond[..., c:]], axis=-1)
+
+  return fn
+
+
+def conditional_model_fn(g: GuidanceInputs) -> ModelFn:
+  """The conditional network alone: one forward pass per sample (glide-text2im's upsampler); scales unused."""
+  return g.denoise
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceRule:
+  text_rows: Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]  # (tokens, mask, pad_id) → rows
+  model_fn: Callable[[GuidanceInputs], ModelFn]
+
+
+# The rules config.sample.guidance may name (the config validator reads this table's keys).
+GUIDANCE: dict[str, GuidanceRule] = {
+    "classifier_free": GuidanceRule(with_empty_prompt, classifier_free_model_fn),
+    "none": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), conditional_model_fn),
+}
