@@ -1,4 +1,5 @@
-"""The reference MNIST lesson's setup (128 channels, batch 128, 10k steps) for a GPU or TPU."""
+"""The reference lesson's setup (mindiffusion lesson_16: 128 channels, batch 128, 10k steps; see
+glide_jax/config.py) for a GPU or TPU."""
 
 from glide_jax.config import default_config
 

@@ -1,5 +1,10 @@
 """The default configuration and its validation: every value of every section is checked once, before any
-work starts, against the tables of allowed names kept beside their implementations."""
+work starts, against the tables of allowed names kept beside their implementations.
+
+The defaults are "the reference lesson" that comments here and elsewhere cite: mindiffusion's lesson_16, GLIDE
+trained on MNIST (its model, data, optimizer and sampling; ../shared/docs/GLIDE_REFERENCE.md §6), which
+configs/mnist.py reproduces.
+"""
 
 from __future__ import annotations
 
