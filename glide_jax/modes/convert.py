@@ -16,9 +16,10 @@ import jax
 import ml_collections
 import numpy as np
 
+from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.released.keymap import convert_state_dict
-from glide_jax.released.options import apply_glide_options, glide_config
+from glide_jax.released.options import apply_glide_options, glide_config, model_in_file
 from glide_jax.released.state_dict_file import read_state_dict
 
 
@@ -45,6 +46,10 @@ def run(config: None, workdir: str, model: str, checkpoint: str) -> int:
   (`config` is None: the released model names its own.)"""
   del config
   state_dict, options = read_state_dict(checkpoint)
+  held = model_in_file(state_dict, options)
+  if held is not None and held[0] != model:
+    raise UserError(f"--checkpoint {checkpoint} holds GLIDE's {held[0]!r} model ({held[1]}), not --model={model}; "
+                    f"give --model={held[0]} (nothing was written).")
   count = convert_checkpoint(config_for(model, options), state_dict, workdir)
   name = "glide_upsample" if model.startswith("upsample") else "glide_base"
   suffix = ":inpaint" if model.endswith("-inpaint") else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import ml_collections
 
@@ -33,6 +33,22 @@ def released_options(model: str) -> dict[str, Any]:
   if model.startswith("upsample"):
     options.update(_UPSAMPLER_CHANGES)
   return options
+
+
+def model_in_file(state_dict: Mapping[str, Any], options: Optional[Mapping[str, Any]]) -> Optional[tuple[str, str]]:
+  """(the released model type a state dict holds, how that shows), from the options a file records, else from
+  the input channels of its first layer (x_t's 3, an upsampler's 3 low-resolution ones, an inpainter's 3 + 1
+  known ones); None when neither tells."""
+  if options is not None:
+    kind = ("upsample" if options.get("super_res") else "base") + ("-inpaint" if options.get("inpaint") else "")
+    return kind, "the model options it records say so"
+  first = state_dict.get("input_blocks.0.0.weight")
+  if first is None or len(first.shape) != 4:
+    return None
+  channels = int(first.shape[1])
+  kinds = {3 + 3 * upsample + 4 * inpaint: ("upsample" if upsample else "base") + ("-inpaint" if inpaint else "")
+           for upsample in (0, 1) for inpaint in (0, 1)}
+  return (kinds[channels], f"its first layer takes {channels} input channels") if channels in kinds else None
 
 
 def channel_mult_of(options: Mapping[str, Any]) -> tuple[int, ...]:

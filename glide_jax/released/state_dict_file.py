@@ -76,6 +76,14 @@ class _StateDictUnpickler(pickle.Unpickler):
 
 def _read_pt(path: str) -> Any:
   if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      head = f.read(4)
+    if head == b"PK\x03\x04":  # A zip's start without its end: the download stopped part way.
+      raise UserError(f"{path} is cut off ({os.path.getsize(path):,} bytes; its zip directory is missing): the "
+                      f"download did not finish. Download it again.")
+    if head[:1] != b"\x80":  # Not a pickle either: no PyTorch format at all.
+      raise UserError(f"{path} is not a PyTorch checkpoint (neither its zip format nor its legacy one); download "
+                      f"the released file again.")
     raise UserError(f"{path} is not a PyTorch zip-format checkpoint (the format torch.save writes since PyTorch "
                     f"1.6). Re-save it with PyTorch: torch.save(torch.load(OLD, weights_only=True), NEW).")
   with zipfile.ZipFile(path) as archive:

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
+from glide_jax.modes import convert as convert_mode
 from glide_jax.modes.convert import config_for, convert_checkpoint
 from glide_jax.modes.edit import run as edit_and_save
 from glide_jax.modes.sample import run as sample_and_save
@@ -36,6 +38,7 @@ def converted(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("glide") / "base")
   result = convert("--model=base", f"--checkpoint={GOLDEN_BASE}", f"--workdir={workdir}")
   assert result.returncode == 0, result.stderr
+  assert result.stderr == "" and len(result.stdout.splitlines()) == 2  # No library notices: what it did, and next.
   return workdir, result.stdout
 
 
@@ -118,3 +121,23 @@ def test_a_checkpoint_of_another_model_names_the_key(tmp_path):
   result = convert("--model=base", f"--checkpoint={plain}", f"--workdir={tmp_path / 'out'}")
   assert result.returncode == 2 and "error: State-dict key" in result.stderr and "has shape" in result.stderr
   assert "check the config's model options against the checkpoint's" in result.stderr
+
+
+@needs_goldens
+@pytest.mark.parametrize("golden,model,held", [("base", "upsample", "base"), ("base-inpaint", "base", "base-inpaint"),
+                                               ("upsample", "upsample-inpaint", "upsample")])
+@pytest.mark.parametrize("recorded", [True, False], ids=["options", "first_layer"])
+def test_a_file_of_another_model_than_model_is_refused_and_nothing_is_written(tmp_path, golden, model, held,
+                                                                             recorded):
+  """The file decides what it holds (its recorded options, else its first layer's input channels); a --model
+  that disagrees is an error naming both, rather than a model converted under the wrong name."""
+  path = GOLDEN_BASE.replace("base.npz", f"{golden}.npz")
+  if not recorded:
+    state_dict, _ = read_state_dict(path)
+    path = str(tmp_path / "plain.npz")
+    np.savez(path, **state_dict)
+  why = "the model options it records say so" if recorded else "its first layer takes"
+  with pytest.raises(UserError, match=rf"holds GLIDE's '{held}' model \({why}.*not --model={model}; give "
+                                      rf"--model={held} \(nothing was written\)"):
+    convert_mode.run(None, str(tmp_path / "out"), model=model, checkpoint=path)
+  assert not (tmp_path / "out").exists()

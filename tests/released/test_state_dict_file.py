@@ -66,8 +66,17 @@ def test_npz_layouts_and_bad_files(tmp_path):
   with pytest.raises(UserError, match=r"missing\.pt does not exist"):
     read_state_dict(str(tmp_path / "missing.pt"))
   (tmp_path / "text.pt").write_text("not a checkpoint")
-  with pytest.raises(UserError, match="not a PyTorch zip-format checkpoint"):
+  with pytest.raises(UserError, match="text.pt is not a PyTorch checkpoint .*; download the released file again"):
     read_state_dict(str(tmp_path / "text.pt"))
+  (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"a": 1}, protocol=2))  # Pre-1.6 torch.save starts so.
+  with pytest.raises(UserError, match=r"not a PyTorch zip-format checkpoint .* Re-save it with PyTorch"):
+    read_state_dict(str(tmp_path / "legacy.pt"))
+  whole = str(tmp_path / "whole.pt")
+  write_state_dict_pt(whole, {"out.2.bias": np.ones(3, np.float32)})
+  with open(whole, "rb") as f:
+    (tmp_path / "cut.pt").write_bytes(f.read()[:os.path.getsize(whole) // 2])  # A download that stopped.
+  with pytest.raises(UserError, match=r"cut\.pt is cut off .* the download did not finish\. Download it again"):
+    read_state_dict(str(tmp_path / "cut.pt"))
   (tmp_path / "weights.safetensors").write_text("")
   with pytest.raises(UserError, match="give a PyTorch .pt file or an .npz"):
     read_state_dict(str(tmp_path / "weights.safetensors"))
