@@ -32,13 +32,13 @@ from glide_jax.experiment import Experiment  # noqa: E402
 from glide_jax.saved_config import config_from_json  # noqa: E402
 
 STEP_KEY, CONFIG_KEY = "__step__", "__config__"
-flags.DEFINE_string("workdir", None, "The run to export, or the new workdir to import into.", required=True)
-flags.DEFINE_string("npz", None, "The parameters file.", required=True)
-FLAGS = flags.FLAGS
 
 
 def export_params(workdir: str, path: str) -> int:
   """Writes `workdir`'s latest EMA parameters, step and saved config to `path`; returns the step."""
+  if not path.endswith(".npz") or os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+    raise UserError(f"--npz={path}: give the path of a new .npz file in an existing directory (nothing was "
+                    f"written).")
   exp = Experiment.from_workdir(workdir)
   params, step = exp.load_params(use_ema=True)
   with exp.checkpointer(read_only=True) as checkpointer:
@@ -51,8 +51,17 @@ def export_params(workdir: str, path: str) -> int:
 
 def import_params(path: str, workdir: str) -> int:
   """Writes the parameters in `path` as their step of the new `workdir`; returns the step."""
-  with np.load(path, allow_pickle=False) as f:
-    files = {k: f[k] for k in f.files}
+  if not os.path.isfile(path):
+    raise UserError(f"--npz={path} does not exist; give a file written by `carry_params.py export`.")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      files = {k: f[k] for k in f.files}
+  except Exception as e:  # Not a zip, a damaged one, or object arrays (which would need pickle).
+    raise UserError(f"--npz={path} is not a readable .npz of arrays ({type(e).__name__}: {e}); give a file "
+                    f"written by `carry_params.py export`.") from None
+  if STEP_KEY not in files or CONFIG_KEY not in files:
+    raise UserError(f"--npz={path} was not written by `carry_params.py export`: it has no {STEP_KEY} and "
+                    f"{CONFIG_KEY} entries (nothing was written).")
   step = int(files.pop(STEP_KEY))
   exp = Experiment(config_from_json(json.loads(str(files.pop(CONFIG_KEY))), default_config()), workdir)
   paths, treedef = jax.tree_util.tree_flatten_with_path(exp.abstract_params)
@@ -65,6 +74,7 @@ def import_params(path: str, workdir: str) -> int:
 
 
 def main(argv: list[str]) -> None:
+  FLAGS = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ("export", "import"):
     raise app.UsageError("Say export or import.")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step of a save and a restore at INFO.
@@ -76,4 +86,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  flags.DEFINE_string("workdir", None, "The run to export, or the new workdir to import into.", required=True)
+  flags.DEFINE_string("npz", None, "The parameters file.", required=True)
   app.run(main)

@@ -1,5 +1,6 @@
 """scripts/: the lesson's reproduction runs end to end (dry run with the tiny config, as CI can afford)."""
 
+import importlib.util
 import json
 import os
 import re
@@ -9,7 +10,9 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
+from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from helpers.paths import REPO
 from helpers.runs import checkpoint_steps, main_env, metric_steps, read, restore_checkpoint, tiny_config, wait_until
@@ -102,6 +105,13 @@ def test_sigterm_to_the_script_reaches_training_which_saves_and_stops(tmp_path):
 CARRY = os.path.join(REPO, "scripts", "carry_params.py")
 
 
+def _carry_module():
+  spec = importlib.util.spec_from_file_location("carry_params", CARRY)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _carry(*args):
   return subprocess.run([sys.executable, CARRY, *args], cwd=REPO, env=main_env(), capture_output=True, text=True,
                         timeout=300)
@@ -139,3 +149,30 @@ def test_carry_params_moves_a_runs_ema_parameters_into_a_new_workdir(tmp_path):
   other = _carry("import", f"--npz={tmp_path / 'other.npz'}", f"--workdir={tmp_path / 'other'}")
   assert other.returncode == 2 and "does not hold this model's parameters" in other.stderr
   assert not (tmp_path / "other" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", r"does not exist; give a file written by `carry_params.py export`"),
+    ("random", r"is not a readable \.npz of arrays \(ValueError: This file contains pickled"),
+    ("objects", r"is not a readable \.npz of arrays \(ValueError: Object arrays cannot be loaded"),
+    ("foreign", r"was not written by `carry_params.py export`: it has no __step__ and __config__"),
+])
+def test_importing_a_file_that_is_not_an_export_is_a_user_error(tmp_path, kind, message):
+  path = tmp_path / "params.npz"
+  if kind == "random":
+    path.write_bytes(np.random.default_rng(0).bytes(1000))
+  elif kind == "objects":
+    np.savez(path, weights=np.array([{"w": 1}], dtype=object))
+  elif kind == "foreign":
+    np.savez(path, weights=np.zeros(3))
+  with pytest.raises(UserError, match=message):
+    _carry_module().import_params(str(path), str(tmp_path / "new"))
+  assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("target", ["a_directory", "missing/params.npz", "params"])
+def test_exporting_to_a_path_that_is_not_a_new_npz_file_is_a_user_error(tmp_path, target):
+  (tmp_path / "a_directory").mkdir()
+  with pytest.raises(UserError, match=r"give the path of a new \.npz file in an existing directory"):
+    _carry_module().export_params(str(tmp_path / "run"), str(tmp_path / target))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory"]

@@ -13,6 +13,7 @@ figures as JSON.
 from __future__ import annotations
 
 import json as json_lib
+import os
 import re
 import resource
 import time
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 
 from glide_jax import sharding as sharding_lib
+from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.sampling.guided import SamplerSpec
 
@@ -186,12 +188,33 @@ def mfu_text(result: dict) -> str:
   return f"MFU {100 * result['mfu']:5.1f}%" if result["mfu"] is not None else "MFU -"
 
 
+def check_options(batch: Optional[Sequence[int]], sample_batch: Sequence[int], sample_steps: int, steps: int,
+                  json: str, peak_tflops: Optional[float]) -> None:
+  """A UserError naming the flag, before any work, for a count below 1, a peak that is not positive or a --json
+  path that cannot be written."""
+  for name, values in (("batch", batch or ()), ("sample_batch", sample_batch), ("sample_steps", [sample_steps]),
+                       ("steps", [steps])):
+    for value in values:
+      if value < 1:
+        raise UserError(f"--{name}={value}: give a count of at least 1 (e.g. --{name}="
+                        f"{dict(batch=32, sample_batch=16, sample_steps=10, steps=5)[name]}).")
+  if peak_tflops is not None and not peak_tflops > 0:
+    raise UserError(f"--peak_tflops={peak_tflops}: give the chip's peak in TFLOP/s, a positive number.")
+  if json:
+    directory = os.path.dirname(os.path.abspath(json))
+    if os.path.isdir(json) or not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+      raise UserError(f"--json={json}: cannot write the results there ("
+                      f"{'a directory' if os.path.isdir(json) else 'no writable directory ' + directory}); "
+                      f"give a file path in a writable directory.")
+
+
 def run(config, workdir: Optional[str] = None, batch: Optional[list[int]] = None,
         sample_batch: Sequence[int] = (), sample_steps: int = 10, skip_train: bool = False, steps: int = 5,
         json: str = "", peak_tflops: Optional[float] = None, synthetic: bool = False) -> dict:
   """Times the train step at each `batch` (default: the config's) and guided sampling at each `sample_batch`;
   prints a line each and returns (and, with `json`, writes) the figures. The workdir is not used."""
   del workdir
+  check_options(batch, sample_batch, sample_steps, steps, json, peak_tflops)
   results, sampling = [], []
   for size in ([] if skip_train else batch or [config.train.batch_size]):
     results.append(time_train_step(config.copy_and_resolve_references(), size, steps, synthetic, peak_tflops))

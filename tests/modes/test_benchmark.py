@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from glide_jax.errors import UserError
 from glide_jax.modes import benchmark
 from glide_jax.modes.benchmark import chip_peak_tflops, compiled_op_count
 from helpers.runs import tiny_config
@@ -70,3 +71,17 @@ def test_the_benchmark_times_the_train_step_and_sampling_of_a_config(tmp_path):
   assert sampling["samples"] == 2 and sampling["sample_step_s"] > 0
   with open(out) as f:
     assert json.load(f) == figures
+
+
+@pytest.mark.parametrize("options,message", [
+    (dict(steps=0), r"--steps=0: give a count of at least 1 \(e\.g\. --steps=5\)"),
+    (dict(sample_batch=[16, 0]), r"--sample_batch=0: give a count of at least 1"),
+    (dict(batch=[-8]), r"--batch=-8: give a count of at least 1"),
+    (dict(sample_steps=0), r"--sample_steps=0: give a count"),
+    (dict(peak_tflops=0.0), r"--peak_tflops=0\.0: give the chip's peak in TFLOP/s, a positive number"),
+    (dict(json="/nonexistent/figures.json"), r"--json=/nonexistent/figures\.json: cannot write the results there "
+                                             r"\(no writable directory /nonexistent\)"),
+])
+def test_bad_benchmark_options_are_refused_before_any_work(options, message):
+  with pytest.raises(UserError, match=message):
+    benchmark.run(tiny_config(), **options)
