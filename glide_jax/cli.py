@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from typing import Optional
 
 from absl import app, flags, logging
@@ -110,15 +111,34 @@ def _run_mode() -> None:
   config = None if mode in NO_CONFIG_MODES else flags.FLAGS.config
   initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
   enable_compilation_cache()
-  getattr(importlib.import_module(module_name), function_name)(config, WORKDIR.value, **options)
+  try:
+    getattr(importlib.import_module(module_name), function_name)(config, WORKDIR.value, **options)
+  except KeyboardInterrupt:
+    if mode == "train":  # Training's own guard saves and reports its stops; this is one before it started.
+      raise
+    print(_stopped_message("SIGINT", mode), file=sys.stderr, flush=True)
+    sys.exit(130)
+
+
+def _stopped_message(signal_name: str, mode: str) -> str:
+  return (f"Stopped by {signal_name} before --mode={mode} finished; it writes its results when it finishes, so "
+          f"nothing was written. Rerun the same command.")
+
+
+def _stop_now(signum, frame):
+  """SIGTERM outside training: nothing to save, so stop at once (a compiled sampling call can run for minutes
+  before Python would see an exception), saying so, with the shell's exit code for the signal."""
+  print("\n" + _stopped_message(signal.Signals(signum).name, MODE.value), file=sys.stderr, flush=True)  # Below a bar.
+  sys.stdout.flush()
+  os._exit(128 + signum)
 
 
 def main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save at INFO; -v 0 shows them.
-  if MODE.value != "train":  # Training's own handler saves a checkpoint; the other modes just stop.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  if MODE.value != "train":  # Training's own handler saves a checkpoint; the other modes unwind and say so.
+    signal.signal(signal.SIGTERM, _stop_now)
   report_errors(_run_mode)
 
 
@@ -134,6 +154,14 @@ def _config_file_problem(e: Exception, argv: list[str]) -> Optional[str]:
     frames = re.findall(r'File "([^"]+)", line (\d+)', text)
     where = next((f" at {f} line {n}" for f, n in reversed(frames) if "ml_collections" not in f), "")
     return f"get_config() in the --config file {path} raised {lines[-1]}{where}"
+  same_file = lambda name: name and os.path.abspath(name) == os.path.abspath(path)  # noqa: E731
+  if isinstance(e, SyntaxError) and same_file(e.filename):
+    return f"the --config file {path} is not valid Python: {e.msg} at line {e.lineno}"
+  lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if same_file(f.filename)]
+  if lines:  # Raised while the file was imported: a failing import, or an error at module level.
+    return f"importing the --config file {path} raised {type(e).__name__}: {e} at line {lines[-1]}"
+  if isinstance(e, AttributeError) and "'NoneType' object has no attribute" in str(e):
+    return f"get_config() in the --config file {path} returned None; it must return an ml_collections.ConfigDict"
   return None
 
 

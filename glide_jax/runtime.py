@@ -21,10 +21,18 @@ def _stopped_before_work(signum, frame):
   os._exit, not SystemExit: the signal can arrive while Python runs a garbage-collection callback or a
   __del__, where a raised exception is printed as "Exception ignored" and the run goes on.
   """
-  print(f"Stopped by {signal.Signals(signum).name} before the first step; nothing new to save. Rerun the same "
-        f"command to start or resume.", flush=True)
+  mode = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--mode=")), "train")
+  if mode == "train":  # A clean stop, as a preempted trainer's: exit 0.
+    print(f"Stopped by {signal.Signals(signum).name} before the first step; nothing new to save. Rerun the same "
+          f"command to start or resume.", flush=True)
+    code = 0
+  else:
+    print(f"Stopped by {signal.Signals(signum).name} before --mode={mode} started; nothing was written. Rerun the "
+          f"same command.", file=sys.stderr, flush=True)
+    code = 128 + signum
+  sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(0)
+  os._exit(code)
 
 
 def stop_on_sigterm_before_work() -> None:
@@ -76,9 +84,11 @@ def quiet_library_noise() -> None:
   # TFDS recommends OpenCV on every start (the images decode fine without it); Orbax warns that a checkpoint
   # directory opened read-only (sampling, evaluation) is read-only; TFDS that a dataset to be prepared on
   # first use has no metadata yet.
+  # ml_collections warns that a config file's get_config() returned None, which the flag error then says.
   noise = ("OpenCV is not installed", "Given directory is read only")
   logging.getLogger("absl").addFilter(lambda record: not (record.getMessage().startswith(noise) or (
-      record.getMessage().startswith("Variant folder") and "has no dataset_info.json" in record.getMessage())))
+      record.getMessage().startswith("Variant folder") and "has no dataset_info.json" in record.getMessage())
+      or "get_config() returned None" in record.getMessage()))
   # Orbax also logs a failed background save with its traceback from each of its threads; the same error
   # is raised to the training loop, which reports it (a full disk: one `error:` paragraph).
   logging.getLogger("absl").addFilter(

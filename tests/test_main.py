@@ -7,8 +7,10 @@ import importlib.metadata
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,8 +23,10 @@ from helpers.runs import (
   checkpoint_steps,
   main_cmd,
   main_env,
+  read,
   snapshot,
   tiny_config,
+  wait_until,
 )
 from helpers.xla import xla_flags
 
@@ -104,6 +108,16 @@ USER_ERRORS = [
      r"the --config file .*no_get_config\.py defines no get_config\(\); it must define one"),
     ("config_get_config_raises", "train", "absent", ["--config={get_config_raises}"],
      r"get_config\(\) in the --config file .*raises\.py raised ValueError: no such preset at .*raises\.py line 3"),
+    ("config_get_config_returns_none", "train", "absent", ["--config={returns_none}"],
+     r"^error: get_config\(\) in the --config file .*none\.py returned None; it must return an "
+     r"ml_collections\.ConfigDict\.$"),
+    ("config_import_fails", "train", "absent", ["--config={import_fails}"],
+     r"importing the --config file .*imports\.py raised ModuleNotFoundError: No module named 'nosuchmodule' at "
+     r"line 2"),
+    ("config_raises_at_module_level", "train", "absent", ["--config={module_raises}"],
+     r"importing the --config file .*module_level\.py raised ZeroDivisionError: division by zero at line 1"),
+    ("config_syntax_error", "train", "absent", ["--config={syntax_error}"],
+     r"the --config file .*syntax\.py is not valid Python: .* at line 1"),
 ]
 
 
@@ -145,6 +159,14 @@ def main_results(tmp_path_factory, trained_workdir):
   get_config_raises = os.path.join(base, "raises.py")
   with open(get_config_raises, "w") as f:
     f.write("def get_config():\n  preset = 'large'\n  raise ValueError('no such preset')\n")
+  config_files = {"returns_none": ("none.py", "def get_config():\n  pass\n"),
+                  "import_fails": ("imports.py", "import os\nimport nosuchmodule\n"),
+                  "module_raises": ("module_level.py", "x = 1 / 0\n"),
+                  "syntax_error": ("syntax.py", "def get_config(:\n")}
+  for key, (name, text) in config_files.items():
+    config_files[key] = os.path.join(base, name)
+    with open(config_files[key], "w") as f:
+      f.write(text)
   damaged = {}
   for kind in ("truncated", "garbled"):
     damaged[kind] = os.path.join(base, f"{kind}_tfds")
@@ -174,7 +196,7 @@ def main_results(tmp_path_factory, trained_workdir):
     files = dict(latin1_file=latin1_file, a_file=a_file, no_get_config=no_get_config,
                  get_config_raises=get_config_raises, truncated_tfds=damaged["truncated"],
                  garbled_tfds=damaged["garbled"], mask_10px=images["mask_10px"], not_a_png=images["not_a_png"],
-                 rgb_png=images["rgb"])
+                 rgb_png=images["rgb"], **config_files)
     args = [o.format(**files) for o in overrides]
     config_file = [a for a in args if a.startswith("--config=")]  # In place of tiny's, not after it.
     cmd = [config_file[0] if c.startswith("--config=") and config_file else c
@@ -217,6 +239,34 @@ def test_a_prompt_longer_than_the_context_is_truncated_with_a_warning(main_resul
     assert list(f["prompts"]) == [LONG_PROMPT]
     assert f["images"].shape == (1, 16, 16, 1)
   assert_nothing_removed_or_changed(before, after)
+
+
+def test_a_stopped_sampling_run_exits_with_the_signals_code_and_says_nothing_was_written(trained_workdir, tmp_path):
+  """SIGTERM at start-up and while sampling, SIGINT while sampling: 143 or 130, one line, no samples/ (and not
+  the trainer's "nothing new to save", exit 0)."""
+  def start(name):
+    workdir = str(tmp_path / name)
+    shutil.copytree(trained_workdir, workdir)
+    err = open(tmp_path / f"{name}.err", "w+")
+    cmd = main_cmd(workdir, "--config.sample.num_per_prompt=64", "--config.sample.respacing=100", mode="sample")
+    return workdir, err, subprocess.Popen(cmd, cwd=REPO, env=main_env(), stdout=subprocess.DEVNULL, stderr=err)
+
+  runs = {name: start(name) for name in ("early", "term", "int")}
+  time.sleep(1.5)  # Past Python's own start-up (the first line of main.py takes over SIGTERM), before the mode.
+  runs["early"][2].send_signal(signal.SIGTERM)
+  for name, sig in (("term", signal.SIGTERM), ("int", signal.SIGINT)):
+    workdir, err, proc = runs[name]
+    assert wait_until(lambda: "sample:" in read(err.name) or proc.poll() is not None, timeout=240), read(err.name)
+    proc.send_signal(sig)
+  for name, code in (("early", 143), ("term", 143), ("int", 130)):
+    workdir, err, proc = runs[name]
+    assert proc.wait(timeout=120) == code, read(err.name)[-3000:]
+    last = read(err.name).strip().splitlines()[-1]
+    assert re.match(r"Stopped by SIG(TERM|INT) before --mode=sample (started|finished)(;|, so) .*nothing was "
+                    r"written\. Rerun the same command\.$", last), last
+    assert "Traceback" not in read(err.name)
+    assert not os.path.exists(os.path.join(workdir, "samples"))
+    err.close()
 
 
 def test_main_runs_from_another_directory(trained_workdir, tmp_path):
