@@ -373,6 +373,9 @@ def _validate_edit(e: ml_collections.ConfigDict) -> None:
       _fail(f"edit.{name}", e[name], f"give {example}.")
   if not isinstance(e.prompts, str):
     _fail("edit.prompts", e.prompts, "give comma-separated prompts, or '' for one per class.")
+  if e.prompts and not split_prompts(e.prompts):
+    _fail("edit.prompts", e.prompts, "it holds no prompt: give comma-separated prompts such as 'a seven,9', or '' "
+          "for one per class.")
   try:
     scales = guidance_scales(e)
   except (TypeError, ValueError):

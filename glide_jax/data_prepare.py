@@ -97,6 +97,11 @@ def _check_reachable(url: str, name: str, data_dir: str) -> None:
   try:
     with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=20):
       pass
+  except urllib.error.HTTPError as e:  # The host answered: the network is fine, the file is not there.
+    raise UserError(
+        f"The TFDS dataset {name!r} is not prepared under {data_dir!r}, and downloading it failed: {url} answered "
+        f"HTTP {e.code} {e.reason}. The host is reachable but does not serve MNIST's files under that name: check "
+        f"--config.data.download_url (a directory holding {', '.join(IDX_FILES.values())}).") from None
   except (urllib.error.URLError, OSError) as e:
     reason = getattr(e, "reason", e)
     raise UserError(

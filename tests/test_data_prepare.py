@@ -118,6 +118,15 @@ def test_an_unreachable_host_is_a_clear_error_and_writes_nothing(tmp_path):
   assert not os.path.exists(data_dir)
 
 
+def test_a_host_that_answers_without_the_files_is_told_apart_from_an_unreachable_one(tmp_path, mnist_host):
+  data_dir = str(tmp_path / "tfds")
+  with pytest.raises(UserError, match=r"nowhere/train-labels-idx1-ubyte\.gz answered HTTP 404 File not found\. The "
+                                      r"host is reachable but does not serve MNIST's files under that name: check "
+                                      r"--config\.data\.download_url"):
+    data_prepare.prepare("mnist", data_dir, mnist_host + "nowhere/")
+  assert not os.path.exists(data_dir)
+
+
 def test_a_missing_dataset_with_download_off_names_both_fixes(tmp_path):
   with pytest.raises(UserError, match=r"'mnist' was not found under .*config\.data\.download is off.*"
                                       r"--config\.data\.download=True.*TFDS_DATA_DIR"):

@@ -22,9 +22,11 @@ import ml_collections
 import numpy as np
 
 from glide_jax import data as data_lib
+from glide_jax import saved_config
 from glide_jax.config import base_run_config, guidance_scales
 from glide_jax.editing.inputs import edit_method, load_known_mask
 from glide_jax.editing.masks import known_region_error
+from glide_jax.errors import UserError
 from glide_jax.evaluation import metrics
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.report import format_edit_table, json_safe, output_dir, plot_edits, save_report
@@ -41,8 +43,25 @@ def methods_to_compare(config: ml_collections.ConfigDict, workdir: str) -> list[
   base_workdir = config.edit.base_workdir or (config.train.init_from if config.model.inpaint else "")
   if config.model.inpaint and base_workdir:
     base_config = base_run_config(config)
-    runs.append((edit_method(base_config), Experiment(base_config, base_workdir)))
+    base = Experiment(base_config, base_workdir)
+    check_base_run(base, "config.edit.base_workdir" if config.edit.base_workdir else "config.train.init_from")
+    runs.append((edit_method(base_config), base))
   return runs
+
+
+def check_base_run(base: Experiment, source: str) -> None:
+  """A UserError naming `source` (the field that named the base run) when its workdir holds no run, or one
+  of another model than the inpainting run's base."""
+  directory = os.path.join(base.workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise UserError(f"{source} = {base.workdir!r} holds no base run (no checkpoints/ in it); give the workdir of "
+                    f"the run this inpainting model was fine-tuned from, whose replacement-method edits it is "
+                    f"compared with.")
+  with base.checkpointer(read_only=True) as checkpointer:
+    diffs = saved_config.model_config_differences(checkpointer.saved_config(), base.config)
+  if diffs:
+    raise UserError(f"{source} = {base.workdir!r} holds another model than this inpainting run's base (apart from "
+                    f"model.inpaint): {'; '.join(diffs)}. Give the workdir of the run it was fine-tuned from.")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

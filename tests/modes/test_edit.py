@@ -101,6 +101,22 @@ def test_init_from_a_run_of_another_model_names_the_difference(runs, tmp_path):
     train(tiny_config(init_from=str(tmp_path)), str(tmp_path / "third"))
 
 
+def test_edit_evaluation_names_the_field_of_a_bad_base_run(runs, tmp_path):
+  _, base, inpaint, config, _ = runs
+  config = config.copy_and_resolve_references()
+  had_eval = os.path.exists(os.path.join(inpaint, "eval"))
+  config.edit.base_workdir = str(tmp_path / "missing")
+  with pytest.raises(UserError, match=r"config\.edit\.base_workdir = '.*missing' holds no base run \(no "
+                                      r"checkpoints/ in it\)"):
+    evaluate(config, inpaint)
+  config.edit.base_workdir = inpaint  # The inpainting run itself: another model than its base.
+  with pytest.raises(UserError, match=r"config\.edit\.base_workdir = '.*inpaint' holds another model than this "
+                                      r"inpainting run's base \(apart from model\.inpaint\): model\.inpaint: True "
+                                      r"in the checkpoint, False now"):
+    evaluate(config, inpaint)
+  assert os.path.exists(os.path.join(inpaint, "eval")) == had_eval  # Refused before anything was written.
+
+
 def test_edit_evaluation_compares_the_inpainting_model_with_the_replacement_method(runs):
   root, _, inpaint, config, _ = runs
   config.edit.mask = "bottom"
