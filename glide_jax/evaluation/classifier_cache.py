@@ -72,6 +72,20 @@ def save_classifier(directory: str, params: Any, info: dict) -> None:
                     f"--config.eval.classifier_dir or $GLIDE_CACHE_DIR to a writable directory.") from None
 
 
+def _recipe(config: ml_collections.ConfigDict) -> dict:
+  """How config.eval trains a classifier, as classifier.json records it."""
+  e = config.eval
+  return {"train_split": e.classifier_train_split, "test_split": config.data.test_split,
+          "steps": int(e.classifier_steps), "batch_size": int(e.classifier_batch_size),
+          "learning_rate": float(e.classifier_learning_rate), "augment": bool(e.classifier_augment),
+          "seed": int(config.seed)}
+
+
+def useful_accuracy(num_classes: int) -> float:
+  """The test accuracy below which a classifier cannot score samples: three times chance."""
+  return min(1.0, 3.0 / num_classes)
+
+
 def _expected_info(config: ml_collections.ConfigDict) -> dict:
   return {"dataset": config.data.name, "image_size": int(config.data.image_size),
           "channels": int(config.data.channels)}
@@ -115,27 +129,44 @@ def load_classifier(config: ml_collections.ConfigDict, directory: Optional[str] 
   return TrainedClassifier(params=params, info=info, directory=directory)
 
 
-def get_or_train_classifier(config: ml_collections.ConfigDict, verbose: bool = True) -> TrainedClassifier:
-  """The cached classifier for config.data's dataset and image size; trains and caches it if there is none."""
+def get_or_train_classifier(config: ml_collections.ConfigDict, verbose: bool = True,
+                            retrain_if_other_recipe: bool = False) -> TrainedClassifier:
+  """The cached classifier for config.data's dataset and image size; trains and caches it if there is none
+  (or, with `retrain_if_other_recipe`, if config.eval asks for other training settings than the cache's).
+
+  A cached classifier too weak to score samples (`useful_accuracy`) is a UserError saying how to replace it.
+  """
   directory = cache_dir(config)
   cached = load_classifier(config, directory)
-  if cached is not None:
+  changed = [] if cached is None else [f"{k}: {cached.info.get(k)!r} there, {v!r} now"
+                                       for k, v in _recipe(config).items() if cached.info.get(k) != v]
+  if cached is not None and not (retrain_if_other_recipe and changed):
+    num_classes = int(cached.params["head"]["kernel"].shape[-1])
+    if cached.test_accuracy < useful_accuracy(num_classes):
+      raise UserError(
+          f"The cached classifier in {directory} classifies {cached.test_accuracy:.1%} of the test images right "
+          f"(chance: {1 / num_classes:.0%}), too few to score samples. Train one in its place with more steps "
+          f"than its {cached.info.get('steps')}: python main.py --mode=train_classifier --config=... "
+          f"--config.eval.classifier_steps=N (or delete {directory}).")
     if verbose:
       print(f"Using the cached classifier in {directory} (test accuracy "
             f"{cached.test_accuracy:.4f}).", flush=True)
+      if cached.test_accuracy < 0.99:
+        print(f"warning: the cached classifier's test accuracy is {cached.test_accuracy:.4f} (< 0.99); its prompt "
+              f"accuracy and FID are rougher. --mode=train_classifier with more --config.eval.classifier_steps "
+              f"replaces it.", flush=True)
     return cached
   e = config.eval
   if verbose:
-    print(f"No cached classifier in {directory}: training one.", flush=True)
+    print(f"The cached classifier in {directory} was trained with other settings ({'; '.join(changed)}): "
+          f"training one with these in its place." if cached is not None else
+          f"No cached classifier in {directory}: training one.", flush=True)
   start = time.perf_counter()
   params, test_accuracy = train_classifier(
       config.data, seed=config.seed, steps=e.classifier_steps, batch_size=e.classifier_batch_size,
       learning_rate=e.classifier_learning_rate, train_split=e.classifier_train_split,
       test_split=config.data.test_split, augment=e.classifier_augment, verbose=verbose)
-  info = dict(_expected_info(config), test_accuracy=test_accuracy, test_split=config.data.test_split,
-              train_split=e.classifier_train_split, steps=int(e.classifier_steps),
-              batch_size=int(e.classifier_batch_size), learning_rate=float(e.classifier_learning_rate),
-              augment=bool(e.classifier_augment), seed=int(config.seed),
+  info = dict(_expected_info(config), test_accuracy=test_accuracy, **_recipe(config),
               seconds=round(time.perf_counter() - start, 1), jax_backend=jax.default_backend())
   if jax.process_index() == 0:
     save_classifier(directory, params, info)

@@ -12,10 +12,11 @@ from glide_jax.evaluation.classifier_cache import TrainedClassifier, get_or_trai
 
 
 def run(config: ml_collections.ConfigDict, workdir: Optional[str] = None) -> TrainedClassifier:
-  """The checked config's classifier, trained and cached unless already cached.
+  """The checked config's classifier, trained and cached unless the cache holds one trained with the same
+  settings (config.eval.classifier_*): other settings train one in its place.
 
   The workdir is not used: the cache is shared by every run on the same dataset and image size.
   """
   del workdir
   validate_config(config)
-  return get_or_train_classifier(config, verbose=jax.process_index() == 0)
+  return get_or_train_classifier(config, verbose=jax.process_index() == 0, retrain_if_other_recipe=True)

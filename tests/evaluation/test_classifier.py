@@ -16,6 +16,7 @@ from glide_jax.config import validate_config
 from glide_jax.errors import ConfigError, UserError
 from glide_jax.evaluation import classifier as clf
 from glide_jax.evaluation import classifier_cache as cache
+from glide_jax.modes import train_classifier as train_classifier_mode
 from helpers.paths import REPO
 
 TRAIN_SPLIT, TEST_SPLIT, STEPS = "train[:1024]", "test[:512]", 60
@@ -100,6 +101,51 @@ def test_cache_for_another_image_size_or_damaged_is_a_user_error(cached, tmp_pat
   (broken / cache.PARAMS_FILE).write_bytes(b"\x00not msgpack")
   with pytest.raises(UserError, match="cannot be read|do not fit"):
     cache.load_classifier(small_config(broken))
+
+
+def _copy_of_cache(config, directory):
+  directory.mkdir()
+  for name in (cache.INFO_FILE, cache.PARAMS_FILE):
+    with open(os.path.join(config.eval.classifier_dir, name), "rb") as f:
+      (directory / name).write_bytes(f.read())
+  return small_config(directory)
+
+
+def test_a_cached_classifier_too_weak_to_score_is_refused_saying_how_to_replace_it(cached, tmp_path):
+  config, _ = cached
+  weak = _copy_of_cache(config, tmp_path / "weak")
+  info_path = tmp_path / "weak" / cache.INFO_FILE
+  info = json.loads(info_path.read_text())
+  info["test_accuracy"] = 0.086
+  info_path.write_text(json.dumps(info))
+  with pytest.raises(UserError, match=r"classifies 8\.6% of the test images right \(chance: 10%\), too few to score "
+                                      r"samples\. Train one in its place with more steps than its 60: python main\.py "
+                                      r"--mode=train_classifier"):
+    cache.get_or_train_classifier(weak, verbose=False)
+
+
+def test_train_classifier_mode_replaces_a_cache_trained_with_other_settings(cached, tmp_path, monkeypatch, capsys):
+  config, trained = cached
+  other = _copy_of_cache(config, tmp_path / "copy")
+  other.eval.classifier_steps = STEPS * 10
+  calls = []
+
+  def fake_training(data_config, seed, steps, **kwargs):
+    calls.append(steps)
+    return trained.params, 0.95
+
+  monkeypatch.setattr(cache, "train_classifier", fake_training)
+  train_classifier_mode.run(other)  # Other steps than the cache's: trained in its place.
+  assert calls == [STEPS * 10]
+  assert "trained with other settings (steps: 60 there, 600 now): training one with these in its place" in (
+      capsys.readouterr().out)
+  with open(tmp_path / "copy" / cache.INFO_FILE) as f:
+    assert json.load(f)["steps"] == STEPS * 10
+  train_classifier_mode.run(other)  # Now the cache has these settings: reused.
+  assert calls == [STEPS * 10]
+  # Evaluation uses whatever the cache holds, whatever its own settings (the cache is shared).
+  other.eval.classifier_steps = 1
+  assert cache.get_or_train_classifier(other, verbose=False).info["steps"] == STEPS * 10 and len(calls) == 1
 
 
 def test_cache_directory_resolution(monkeypatch, tmp_path):
