@@ -14,6 +14,7 @@ import numpy as np
 
 from glide_jax import saved_config
 from glide_jax import sharding as sharding_lib
+from glide_jax.config import default_config
 from glide_jax.errors import TrainingDivergedError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
@@ -50,9 +51,19 @@ class TrainingSampler:
       writer.write_image(step, "samples", image)
 
 
+# Above this, a tenth of the learning rate would diverge again: Adam trains the UNet at about 1e-4 to 1e-3.
+MAX_USEFUL_LEARNING_RATE = 1e-2
+
+
+def lower_learning_rate(learning_rate: float) -> float:
+  """A tenth of the learning rate, or the default one when a tenth would still be far too high."""
+  lower = learning_rate / 10
+  return lower if lower <= MAX_USEFUL_LEARNING_RATE else float(default_config().train.learning_rate)
+
+
 def recovery_command(learning_rate: float) -> str:
-  """The command line that resumes this run with a tenth of the learning rate (generic outside main.py)."""
-  lower = f"--config.train.learning_rate={learning_rate / 10:g}"
+  """The command line that resumes this run with a lower learning rate (generic outside main.py)."""
+  lower = f"--config.train.learning_rate={lower_learning_rate(learning_rate):g}"
   if not sys.argv or os.path.basename(sys.argv[0]) != "main.py":
     return f"the same command with {lower}"
   kept = [a for a in sys.argv if not a.startswith("--config.train.learning_rate")]
@@ -64,7 +75,10 @@ def diverged_error(streak: int, step: int, config: ml_collections.ConfigDict, ch
   """What happened, which checkpoint is safe, and the command that recovers."""
   what = (f"The loss or gradients were not finite for {streak} steps in a row (up to step {step}); those steps "
           f"were skipped and training stopped, and no checkpoint was saved during them.")
-  fix = f"run {recovery_command(config.train.learning_rate)} (or check the data)."
+  lr = config.train.learning_rate
+  why = "" if lower_learning_rate(lr) == lr / 10 else (
+      f" (a tenth of {lr:g} would still be far above what Adam trains this model with, so the default)")
+  fix = f"run {recovery_command(lr)}{why} (or check the data)."
   if last_checkpoint is None:
     return TrainingDivergedError(f"{what} There is no checkpoint yet; to start again with a lower learning rate, {fix}")
   hint = ""

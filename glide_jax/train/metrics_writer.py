@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any, Mapping, Optional
@@ -32,7 +33,8 @@ class MetricWriter:
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
     for k, v in scalars.items():
-      self._tb.add_scalar(k, float(v), int(step))
+      if math.isfinite(float(v)):  # A diverged window's NaN stays in metrics.jsonl; TensorBoard would warn per value.
+        self._tb.add_scalar(k, float(v), int(step))
 
   def write_image(self, step: int, tag: str, image_uint8: np.ndarray) -> None:
     """An HWC (or HW) uint8 image."""

@@ -105,9 +105,11 @@ def test_a_diverged_run_recovers_by_the_printed_advice(tmp_path):
   assert checkpoint_steps(workdir) == [2, 4]
   assert_trees_equal(restore_checkpoint(tiny_config(), workdir, step=4).params, good.params)
   lower = float(re.search(r"--config.train.learning_rate=(\S+)", message).group(1))
-  assert lower == pytest.approx(1e29)
-  # Following the advice with a sane rate (the advice is a tenth of whatever was used).
-  state = train(tiny_config(num_steps=8, checkpoint_every=2, max_nonfinite_steps=3, keep_checkpoints=2), workdir)
+  # A tenth of 1e30 would diverge again: the advice is the default rate, and says why.
+  assert lower == pytest.approx(2e-4) and "a tenth of 1e+30 would still be far above" in message
+  # Following the advice.
+  state = train(tiny_config(num_steps=8, checkpoint_every=2, max_nonfinite_steps=3, keep_checkpoints=2,
+                            learning_rate=lower), workdir)
   assert int(state.step) == 8 and int(state.nonfinite_streak) == 0
   assert checkpoint_steps(workdir) == [6, 8]
   final = restore_checkpoint(tiny_config(), workdir)
@@ -118,7 +120,8 @@ def test_recovery_command_lowers_the_learning_rate_of_the_command_line(monkeypat
   from glide_jax.modes.train import recovery_command
   monkeypatch.setattr("sys.argv", ["/x/main.py", "--config=configs/tiny.py", "--workdir=/w",
                                    "--config.train.learning_rate=1e30"])
-  assert recovery_command(1e30) == ("python /x/main.py --config=configs/tiny.py --workdir=/w "
-                                    "--config.train.learning_rate=1e+29")
+  assert recovery_command(0.05) == ("python /x/main.py --config=configs/tiny.py --workdir=/w "
+                                    "--config.train.learning_rate=0.005")
+  assert recovery_command(1e30).endswith("--config.train.learning_rate=0.0002")  # A tenth would not help.
   monkeypatch.setattr("sys.argv", ["pytest"])
   assert recovery_command(2e-4) == "the same command with --config.train.learning_rate=2e-05"

@@ -66,3 +66,15 @@ def test_a_window_of_steps_is_one_row_of_means_with_the_compile_time_in_the_firs
   assert rows[0]["nonfinite"] == pytest.approx(1.0)  # A count over the window, not a fraction.
   assert rows[0]["compile_s"] == 12.5 and "compile_s" not in rows[1]
   assert rows[0]["steps_per_sec"] > 0 and rows[1]["loss"] == 0.25
+
+
+def test_a_non_finite_value_goes_to_metrics_jsonl_but_not_to_tensorboard(tmp_path, monkeypatch):
+  writer = MetricWriter(str(tmp_path), enabled=True)
+  logged = []
+  monkeypatch.setattr(writer._tb, "add_scalar", lambda tag, value, step: logged.append((tag, value, step)))
+  writer.write_scalars(3, {"loss": float("nan"), "mse": float("inf"), "nonfinite": 2.0})
+  writer.close()
+  assert logged == [("nonfinite", 2.0, 3)]
+  with open(tmp_path / "metrics.jsonl") as f:
+    row = json.loads(f.read())
+  assert row["step"] == 3 and row["loss"] != row["loss"] and row["mse"] == float("inf")
