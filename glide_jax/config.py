@@ -41,6 +41,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""             # "" = $TFDS_DATA_DIR, else TFDS's default directory.
   c.data.download = True           # Download and prepare the dataset in data_dir the first time it is missing.
   c.data.download_url = ""         # A mirror of MNIST-format files (mnist, fashion_mnist, kmnist); "" = TFDS's.
+  # Each download must match TFDS's registered size and sha256; a mirror serving other files on purpose lists
+  # theirs here, one "NAME SIZE SHA256" line per file.
+  c.data.download_checksums = ""
   c.data.train_split = "train"     # TFDS split strings work, e.g. "train[:2048]".
   c.data.test_split = "test"
   c.data.image_size = 32           # MNIST's 28x28 is resized (bilinear) as in the reference lesson.
@@ -222,6 +225,10 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
     _fail("data.data_dir", d.data_dir, "give a directory path, or '' for $TFDS_DATA_DIR.")
   if not isinstance(d.download, bool):
     _fail("data.download", d.download, "give True (prepare a missing dataset on first use) or False.")
+  if not isinstance(d.download_checksums, str) or (d.download_checksums
+                                                   and not os.path.isfile(os.path.expanduser(d.download_checksums))):
+    _fail("data.download_checksums", d.download_checksums, "give a file of 'NAME SIZE SHA256' lines (one per file "
+          "the mirror serves), or '' for TFDS's registered checksums.")
   if not isinstance(d.download_url, str) or (d.download_url and not d.download_url.startswith(("http://", "https://"))):
     _fail("data.download_url", d.download_url, "give an http:// or https:// URL of a directory that serves the "
           "dataset's files, or '' for TFDS's own source.")

@@ -62,7 +62,8 @@ def _builder(name: str, data_dir: str):
     raise _damaged_dataset_error(name, data_dir, e) from None
 
 
-def prepared_builder(name: str, data_dir: str, download: bool = True, download_url: str = ""):
+def prepared_builder(name: str, data_dir: str, download: bool = True, download_url: str = "",
+                     checksums_file: str = ""):
   """The builder of `name` in data_dir (resolved), downloading and preparing the dataset first if it is
   missing and `download` is on."""
   builder = _builder(name, data_dir)
@@ -70,7 +71,7 @@ def prepared_builder(name: str, data_dir: str, download: bool = True, download_u
     return builder
   if not download:
     raise _missing_dataset_error(name, data_dir)
-  data_prepare.prepare(name, data_dir, download_url)
+  data_prepare.prepare(name, data_dir, download_url, checksums_file)
   return _builder(name, data_dir)
 
 
@@ -120,7 +121,8 @@ def class_names_of(data_config) -> tuple[str, ...]:
   name, data_dir = data_config.name, resolve_data_dir(data_config.data_dir)
   builder = _builder(name, data_dir)
   if not builder.is_prepared() and name not in data_prepare.IDX_DATASETS:
-    builder = prepared_builder(name, data_dir, data_config.download, data_config.download_url)
+    builder = prepared_builder(name, data_dir, data_config.download, data_config.download_url,
+                               data_config.download_checksums)
   return class_words(name, builder.info.features["label"].names)
 
 
@@ -142,13 +144,13 @@ def _read_all(source) -> list[dict]:
 
 @functools.lru_cache(maxsize=8)
 def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, download: bool = True,
-               download_url: str = "") -> ImageDataset:
+               download_url: str = "", checksums_file: str = "") -> ImageDataset:
   """Reads a TFDS split into memory (cached per process), resized to image_size; prepares the dataset
   first where it is missing and `download` is on."""
   import tensorflow_datasets as tfds
 
   data_dir = resolve_data_dir(data_dir)
-  builder = prepared_builder(name, data_dir, download, download_url)
+  builder = prepared_builder(name, data_dir, download, download_url, checksums_file)
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except ValueError as e:
@@ -177,7 +179,7 @@ def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset:
                     "edited, not trained or evaluated here). Give PNG paths to --mode=edit, or set "
                     "--config.data.name to a TFDS dataset.")
   ds = load_split(data_config.name, split or data_config.train_split, data_config.data_dir, data_config.image_size,
-                  data_config.download, data_config.download_url)
+                  data_config.download, data_config.download_url, data_config.download_checksums)
   if ds.images.shape[-1] != data_config.channels:
     raise UserError(f"{data_config.name!r} images have {ds.images.shape[-1]} channel(s) but config.data.channels "
                     f"is {data_config.channels}; set --config.data.channels={ds.images.shape[-1]}.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import importlib.util
 import io
 import os
@@ -56,8 +57,59 @@ def png_bytes(image: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def _idx_builder(name: str, base_url: str):
-  """TFDS's builder for `name` with its unpacking and image encoding done without TensorFlow."""
+def sha256_of(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def expected_files(name: str, checksums_file: str = "") -> dict[str, tuple[int, str]]:
+  """File name → (size, sha256) that a download of `name` must match: the lines "NAME SIZE SHA256" of
+  `checksums_file` (for a mirror that serves other files on purpose), else what TFDS registers for its URLs."""
+  if not checksums_file:
+    import tensorflow_datasets as tfds
+    infos = tfds.builder_cls(name).url_infos or {}
+    return {os.path.basename(url): (int(info.size), str(info.checksum)) for url, info in infos.items()}
+  expected = {}
+  try:
+    with open(os.path.expanduser(checksums_file), encoding="utf-8") as f:
+      for number, line in enumerate(f, 1):
+        if line.strip() and not line.startswith("#"):
+          parts = line.split()
+          if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 64:
+            raise ValueError(f"line {number} is not 'NAME SIZE SHA256'")
+          expected[parts[0]] = (int(parts[1]), parts[2].lower())
+  except (OSError, ValueError) as e:
+    raise UserError(f"config.data.download_checksums = {checksums_file!r} cannot be used: {e}. Give a file of "
+                    f"'NAME SIZE SHA256' lines, one per file the mirror serves.") from None
+  return expected
+
+
+def verify_downloads(downloads: dict[str, tuple[str, str]], expected: dict[str, tuple[int, str]], name: str) -> None:
+  """Every downloaded file ({key: (path, url)}) that is not the registered one is removed, so the next run
+  downloads it again; the first is reported with both sizes and checksums."""
+  wrong = []
+  for path, url in downloads.values():
+    want = expected.get(os.path.basename(urllib.parse.urlparse(url).path))
+    if want is not None and (os.path.getsize(path), sha256_of(path)) != want:
+      wrong.append((url, os.path.getsize(path), sha256_of(path), want))
+      for stale in (path, f"{path}.INFO"):  # TFDS keeps a record beside each download; both go.
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(stale)
+  if wrong:
+    url, size, digest, want = wrong[0]
+    others = f" (and {len(wrong) - 1} more of its files)" if len(wrong) > 1 else ""
+    raise UserError(f"{url} is not the file registered for {name!r}{others}: it has {size:,} bytes, sha256 "
+                    f"{digest}, where {want[0]:,} bytes, sha256 {want[1]} are expected. The download was removed, "
+                    f"so the next run fetches it again. If the mirror serves other files on purpose, list their "
+                    f"sizes and checksums in --config.data.download_checksums.")
+
+
+def _idx_builder(name: str, base_url: str, checksums_file: str = ""):
+  """TFDS's builder for `name` with its unpacking and image encoding done without TensorFlow; every
+  downloaded file is checked against `expected_files`."""
   import tensorflow_datasets as tfds
 
   tfds_builder = tfds.builder_cls(name)
@@ -67,7 +119,10 @@ def _idx_builder(name: str, base_url: str):
     URL = base_url or tfds_builder.URL
 
     def _split_generators(self, dl_manager):
-      files = dl_manager.download({k: urllib.parse.urljoin(self.URL, v) for k, v in IDX_FILES.items()})
+      urls = {k: urllib.parse.urljoin(self.URL, v) for k, v in IDX_FILES.items()}
+      files = dl_manager.download(urls)
+      verify_downloads({k: (os.fspath(path), urls[k]) for k, path in files.items()},
+                       expected_files(name, checksums_file), name)
       return {
           "train": self._generate_examples(files["train_data"], files["train_labels"]),
           "test": self._generate_examples(files["test_data"], files["test_labels"]),
@@ -125,7 +180,7 @@ def _tfds_progress_bars_off() -> Iterator[None]:
       tfds.enable_progress_bar()
 
 
-def prepare(name: str, data_dir: str, download_url: str = "") -> None:
+def prepare(name: str, data_dir: str, download_url: str = "", checksums_file: str = "") -> None:
   """Downloads `name` and writes it to DATA_DIR/<name>/<version> in the array_record format.
 
   TFDS writes into a temporary directory and renames it when complete, so an interrupted preparation
@@ -138,10 +193,12 @@ def prepare(name: str, data_dir: str, download_url: str = "") -> None:
     download_url += "/"  # A directory: its files are joined to it.
   if name in IDX_DATASETS:
     _check_reachable(_first_url(name, download_url), name, data_dir)
-    builder = _idx_builder(name, download_url)(data_dir=data_dir, file_format="array_record")
-  elif download_url:
-    raise UserError(f"config.data.download_url works for the datasets stored as MNIST's idx files "
-                    f"{IDX_DATASETS}, not for {name!r}; leave it empty and TFDS downloads from its own source.")
+    expected_files(name, checksums_file)  # A bad checksums file is reported before any download.
+    builder = _idx_builder(name, download_url, checksums_file)(data_dir=data_dir, file_format="array_record")
+  elif download_url or checksums_file:
+    raise UserError(f"config.data.download_url and download_checksums work for the datasets stored as MNIST's "
+                    f"idx files {IDX_DATASETS}, not for {name!r}; leave them empty and TFDS downloads from its own "
+                    f"source.")
   elif not tensorflow_installed():
     raise UserError(
         f"The TFDS dataset {name!r} is not prepared under {data_dir!r}. glide-jax prepares {', '.join(IDX_DATASETS)} "

@@ -42,6 +42,16 @@ def mnist_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def mnist_checksums(mnist_files):
+  """The served files' sizes and sha256 (a subset of MNIST: not the files TFDS registers)."""
+  root, _ = mnist_files
+  path = root.parent / "mnist_checksums.txt"
+  path.write_text("".join(f"{name} {os.path.getsize(root / name)} {data_prepare.sha256_of(str(root / name))}\n"
+                          for name in data_prepare.IDX_FILES.values()))
+  return str(path)
+
+
+@pytest.fixture(scope="module")
 def mnist_host(mnist_files):
   """An HTTP server on 127.0.0.1 playing MNIST's host; yields its URL."""
   root, _ = mnist_files
@@ -73,10 +83,10 @@ def test_idx_files_round_trip(tmp_path):
     data_prepare.read_idx(str(tmp_path / "bad.gz"))
 
 
-def test_preparation_yields_the_served_images_and_labels(tmp_path, mnist_files, mnist_host, capsys):
+def test_preparation_yields_the_served_images_and_labels(tmp_path, mnist_files, mnist_host, mnist_checksums, capsys):
   _, arrays = mnist_files
   data_dir = str(tmp_path / "tfds")
-  data_prepare.prepare("mnist", data_dir, mnist_host)
+  data_prepare.prepare("mnist", data_dir, mnist_host, mnist_checksums)
   out = capsys.readouterr().out
   assert "Preparing the TFDS dataset 'mnist'" in out and "Prepared 'mnist' (train 600, test 300 examples)" in out
   builder = tfds.builder("mnist", data_dir=data_dir)
@@ -93,9 +103,10 @@ def test_preparation_yields_the_served_images_and_labels(tmp_path, mnist_files, 
     assert not np.array_equal(got_labels, labels)  # Shuffled, as TFDS does.
 
 
-def test_main_prepares_mnist_on_first_use_then_trains_and_reuses_it(tmp_path, mnist_host):
+def test_main_prepares_mnist_on_first_use_then_trains_and_reuses_it(tmp_path, mnist_host, mnist_checksums):
   data_dir = str(tmp_path / "empty_tfds")
   overrides = [f"--config.data.data_dir={data_dir}", f"--config.data.download_url={mnist_host}",
+               f"--config.data.download_checksums={mnist_checksums}",
                "--config.train.num_steps=2", "--config.train.checkpoint_every=2"]
   first = run_main(str(tmp_path / "run"), *overrides)
   assert first.returncode == 0, first.stderr
@@ -127,6 +138,37 @@ def test_a_host_that_answers_without_the_files_is_told_apart_from_an_unreachable
   assert not os.path.exists(data_dir)
 
 
+def test_a_download_that_is_not_the_registered_file_is_refused_removed_and_fetched_again(tmp_path, mnist_files,
+                                                                                        mnist_checksums):
+  """A mirror that serves garbage under MNIST's names, then the right files at the same URL: the first run
+  is refused naming the file and both checksums and keeps nothing of it; the next run prepares the dataset."""
+  root, _ = mnist_files
+  mirror = tmp_path / "mirror"
+  mirror.mkdir()
+  for name in data_prepare.IDX_FILES.values():
+    (mirror / name).write_bytes(b"not the file at all")
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(mirror)))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  url, data_dir = f"http://127.0.0.1:{server.server_address[1]}/", str(tmp_path / "tfds")
+  try:
+    with pytest.raises(UserError, match=r"/t[a-z0-9-]+-idx\d-ubyte\.gz is not the file registered for 'mnist' \(and "
+                                        r"3 more of its files\): it has 19 bytes, sha256 [0-9a-f]{64}, where [\d,]+ "
+                                        r"bytes, sha256 [0-9a-f]{64} are expected\. The download was removed"):
+      data_prepare.prepare("mnist", data_dir, url, mnist_checksums)
+    downloads = os.path.join(data_dir, "downloads")
+    kept = [n for _, _, files in os.walk(downloads) for n in files if "ubyte" in n]
+    assert kept == [] and not tfds.builder("mnist", data_dir=data_dir).is_prepared()
+    # Without a checksums file, TFDS's registered ones apply: the subset mirror's own files are refused too.
+    for name in data_prepare.IDX_FILES.values():
+      (mirror / name).write_bytes((root / name).read_bytes())
+    with pytest.raises(UserError, match=r"is not the file registered for 'mnist' \(and 3 more of its files\)"):
+      data_prepare.prepare("mnist", data_dir, url)
+    data_prepare.prepare("mnist", data_dir, url, mnist_checksums)  # The right files, as registered here.
+    assert tfds.builder("mnist", data_dir=data_dir).is_prepared()
+  finally:
+    server.shutdown()
+
+
 def test_a_missing_dataset_with_download_off_names_both_fixes(tmp_path):
   with pytest.raises(UserError, match=r"'mnist' was not found under .*config\.data\.download is off.*"
                                       r"--config\.data\.download=True.*TFDS_DATA_DIR"):
@@ -137,7 +179,8 @@ def test_datasets_tfds_cannot_prepare_without_tensorflow_say_how(tmp_path, monke
   monkeypatch.setattr(data_prepare, "tensorflow_installed", lambda: False)
   with pytest.raises(UserError, match=r"TFDS needs TensorFlow to prepare 'cifar10': `pip install tensorflow-cpu`"):
     data_prepare.prepare("cifar10", str(tmp_path), "")
-  with pytest.raises(UserError, match=r"download_url works for the datasets stored as MNIST's idx files"):
+  with pytest.raises(UserError, match=r"download_url and download_checksums work for the datasets stored as MNIST's "
+                                      r"idx files"):
     data_prepare.prepare("cifar10", str(tmp_path), "http://127.0.0.1:1/")
 
 
