@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -241,6 +240,19 @@ def test_a_prompt_longer_than_the_context_is_truncated_with_a_warning(main_resul
   assert_nothing_removed_or_changed(before, after)
 
 
+# Starts main.py with SIGINT at its default, as from a terminal: pytest-xdist's workers ignore SIGINT, and a
+# child would inherit that (Python then installs no KeyboardInterrupt handler).
+_SIGINT_AS_IN_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+def _catches_sigterm(pid):
+  """Whether the process has its own SIGTERM handler yet (Linux: the SigCgt mask of /proc/PID/status)."""
+  with open(f"/proc/{pid}/status") as f:
+    mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+  return bool(mask >> (signal.SIGTERM - 1) & 1)
+
+
 def test_a_stopped_sampling_run_exits_with_the_signals_code_and_says_nothing_was_written(trained_workdir, tmp_path):
   """SIGTERM at start-up and while sampling, SIGINT while sampling: 143 or 130, one line, no samples/ (and not
   the trainer's "nothing new to save", exit 0)."""
@@ -248,25 +260,37 @@ def test_a_stopped_sampling_run_exits_with_the_signals_code_and_says_nothing_was
     workdir = str(tmp_path / name)
     shutil.copytree(trained_workdir, workdir)
     err = open(tmp_path / f"{name}.err", "w+")
-    cmd = main_cmd(workdir, "--config.sample.num_per_prompt=64", "--config.sample.respacing=100", mode="sample")
+    cmd = main_cmd(workdir, "--config.sample.num_per_prompt=64", "--config.sample.respacing=100",
+                   "--config.sample.batch_size=2", mode="sample")  # Short batches: a signal lands between them.
+    cmd = [sys.executable, "-c", _SIGINT_AS_IN_A_TERMINAL, *cmd[1:]]
     return workdir, err, subprocess.Popen(cmd, cwd=REPO, env=main_env(), stdout=subprocess.DEVNULL, stderr=err)
 
   runs = {name: start(name) for name in ("early", "term", "int")}
-  time.sleep(1.5)  # Past Python's own start-up (the first line of main.py takes over SIGTERM), before the mode.
-  runs["early"][2].send_signal(signal.SIGTERM)
-  for name, sig in (("term", signal.SIGTERM), ("int", signal.SIGINT)):
-    workdir, err, proc = runs[name]
-    assert wait_until(lambda: "sample:" in read(err.name) or proc.poll() is not None, timeout=240), read(err.name)
-    proc.send_signal(sig)
-  for name, code in (("early", 143), ("term", 143), ("int", 130)):
-    workdir, err, proc = runs[name]
-    assert proc.wait(timeout=120) == code, read(err.name)[-3000:]
-    last = read(err.name).strip().splitlines()[-1]
-    assert re.match(r"Stopped by SIG(TERM|INT) before --mode=sample (started|finished)(;|, so) .*nothing was "
-                    r"written\. Rerun the same command\.$", last), last
-    assert "Traceback" not in read(err.name)
-    assert not os.path.exists(os.path.join(workdir, "samples"))
-    err.close()
+  try:
+    early = runs["early"][2]
+    assert wait_until(lambda: early.poll() is not None or _catches_sigterm(early.pid), timeout=120)
+    early.send_signal(signal.SIGTERM)  # main.py's first line has taken SIGTERM over; the mode has not started.
+    for name, sig in (("term", signal.SIGTERM), ("int", signal.SIGINT)):
+      workdir, err, proc = runs[name]
+      # After the first batch: the sampler is compiled (Ctrl-C reaches Python only between compiled calls).
+      first_batch = re.compile(r"sample: .*\| [1-9]\d*/1280")
+      assert wait_until(lambda: first_batch.search(read(err.name)) or proc.poll() is not None, timeout=300), (
+          read(err.name))
+      proc.send_signal(sig)
+    for name, code in (("early", 143), ("term", 143), ("int", 130)):
+      workdir, err, proc = runs[name]
+      assert proc.wait(timeout=120) == code, read(err.name)[-3000:]
+      last = read(err.name).strip().splitlines()[-1]
+      assert re.match(r"Stopped by SIG(TERM|INT) before --mode=sample (started|finished)(;|, so) .*nothing was "
+                      r"written\. Rerun the same command\.$", last), last
+      assert "Traceback" not in read(err.name)
+      assert not os.path.exists(os.path.join(workdir, "samples"))
+  finally:
+    for _, err, proc in runs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      err.close()
 
 
 def test_main_runs_from_another_directory(trained_workdir, tmp_path):
