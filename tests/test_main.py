@@ -22,6 +22,7 @@ from helpers.runs import (
   checkpoint_steps,
   main_cmd,
   main_env,
+  main_server,
   read,
   snapshot,
   tiny_config,
@@ -147,7 +148,8 @@ def _prepare(kind, base, trained_workdir):
 
 @pytest.fixture(scope="module")
 def main_results(tmp_path_factory, trained_workdir):
-  """Runs every USER_ERRORS case and the long-prompt sampling through main.py, a few at a time."""
+  """Runs every USER_ERRORS case and the long-prompt sampling through main.py (forked children of the main.py
+  server: each case is its own process, and its own first flag parse), two at a time."""
   base = tmp_path_factory.mktemp("user_errors")
   a_file = os.path.join(base, "a_file.txt")
   with open(a_file, "w") as f:
@@ -200,13 +202,13 @@ def main_results(tmp_path_factory, trained_workdir):
     config_file = [a for a in args if a.startswith("--config=")]  # In place of tiny's, not after it.
     cmd = [config_file[0] if c.startswith("--config=") and config_file else c
            for c in main_cmd(workdir, *[a for a in args if a not in config_file], mode=mode)]
-    result = subprocess.run(cmd, cwd=REPO, env=main_env(), capture_output=True, text=True, timeout=300)
+    result = main_server().run(cmd[2:], cwd=REPO, env=main_env(), timeout=300)
     return workdir, before, snapshot(workdir), result
 
   jobs = {case_id: (case_id, mode, kind, overrides) for case_id, mode, kind, overrides, _ in USER_ERRORS}
   jobs["long_prompt"] = ("long_prompt", "sample", "trained",
                          [f"--config.sample.prompts={LONG_PROMPT}", "--config.sample.guidance_scales=(1.,)"])
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
     futures = {k: pool.submit(run_case, *v) for k, v in jobs.items()}
     return {k: f.result() for k, f in futures.items()}
 

@@ -1,16 +1,19 @@
 """Running main.py on the tiny config in subprocesses, and looking at what a run left in its workdir."""
 
+import atexit
 import hashlib
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 
 from configs import tiny
 from glide_jax.experiment import Experiment
+from helpers.forked_main import MainServer
 from helpers.paths import REPO
 from helpers.xla import HOST_DEVICES, xla_flags
 
@@ -32,17 +35,31 @@ def main_cmd(workdir, *overrides, mode="train"):
           f"--mode={mode}", *overrides]
 
 
+def main_server() -> MainServer:
+  """This test process's main.py server (started on first use): forked main.py runs that skip ~2 s of imports."""
+  global _SERVER
+  if _SERVER is None:
+    _SERVER = MainServer(main_env(), tempfile.mkdtemp(prefix="main_server_"))
+    atexit.register(_SERVER.close)
+  return _SERVER
+
+
+_SERVER = None
+
+
 def run_main(workdir, *overrides, mode="train", timeout=300):
-  return subprocess.run(main_cmd(workdir, *overrides, mode=mode), cwd=REPO, env=main_env(), capture_output=True,
-                        text=True, timeout=timeout)
+  """main.py on the tiny config, to its end: a forked child of `main_server()` (CompletedProcess, text)."""
+  return main_server().run(main_cmd(workdir, *overrides, mode=mode)[2:], timeout=timeout)
 
 
-def popen_main(workdir, log_prefix, *overrides):
-  out, err = open(f"{log_prefix}.out", "w"), open(f"{log_prefix}.err", "w")
-  proc = subprocess.Popen(main_cmd(workdir, *overrides), cwd=REPO, env=main_env(), stdout=out, stderr=err)
-  out.close()
-  err.close()
-  return proc
+def popen_main(workdir, log_prefix, *overrides, fresh=False):
+  """main.py on the tiny config, running, output in log_prefix.out/.err: a forked child of `main_server()`, or
+  (fresh) a new interpreter, for tests of what happens while main.py starts up."""
+  if not fresh:
+    return main_server().start(main_cmd(workdir, *overrides)[2:], stdout=f"{log_prefix}.out",
+                               stderr=f"{log_prefix}.err")
+  with open(f"{log_prefix}.out", "w") as out, open(f"{log_prefix}.err", "w") as err:
+    return subprocess.Popen(main_cmd(workdir, *overrides), cwd=REPO, env=main_env(), stdout=out, stderr=err)
 
 
 def read(path):

@@ -59,7 +59,7 @@ def test_sigterm_saves_the_current_step_and_the_rerun_resumes_there(tmp_path):
 
 def test_sigterm_before_the_first_step_says_so_and_saves_nothing(tmp_path):
   workdir = tmp_path / "run"
-  proc = popen_main(workdir, str(tmp_path / "early"), "--config.train.num_steps=5")
+  proc = popen_main(workdir, str(tmp_path / "early"), "--config.train.num_steps=5", fresh=True)
   rc = sigterm_when(proc, lambda: time.sleep(1.0))  # Still importing or building: seconds before any step.
   out, err = read(tmp_path / "early.out"), read(tmp_path / "early.err")
   assert rc == 0, err[-3000:]
