@@ -328,8 +328,7 @@ def test_the_package_is_importable_from_anywhere_once_installed(tmp_path):
 def test_any_core_count_trains_on_the_devices_the_batch_splits_over(tmp_path, host_devices, used):
   """One CPU device per core: the tiny config's batch of 16 splits over 2 of 3 cores' devices and 4 of 6."""
   env = dict(main_env(), XLA_FLAGS=xla_flags(host_devices))
-  result = subprocess.run(main_cmd(tmp_path / "run", "--config.train.num_steps=2"), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = main_server().run(main_cmd(tmp_path / "run", "--config.train.num_steps=2")[2:], env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.splitlines()[0] == (f"Using {used} of the {host_devices} devices: config.train.batch_size = 16 "
                                            f"examples split evenly over {used}; a multiple of {host_devices} would "

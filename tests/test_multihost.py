@@ -5,8 +5,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -16,6 +14,7 @@ from configs import tiny
 from glide_jax.experiment import Experiment
 from glide_jax.modes.train import run as train
 from helpers.paths import REPO
+from helpers.runs import main_env, main_server, read
 from helpers.xla import xla_flags
 
 TIMEOUT_S = 480  # Per launch; about a minute each on an idle 2-core machine.
@@ -31,22 +30,22 @@ def free_port() -> int:
 
 def launch(workdir, num_steps, num_processes, devices_per_process, mesh="(-1, 1)"):
   """Starts every process of one job with main.py and waits for all (killing them on a timeout)."""
-  env = dict(os.environ, XLA_FLAGS=xla_flags(devices_per_process))
-  cmd = [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "tiny.py"),
-         f"--workdir={workdir}", f"--config.train.num_steps={num_steps}", f"--config.mesh.shape={mesh}"]
-  cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  env = dict(main_env(), XLA_FLAGS=xla_flags(devices_per_process))
+  args = ["--config=" + os.path.join(REPO, "configs", "tiny.py"), f"--workdir={workdir}",
+          f"--config.train.num_steps={num_steps}", f"--config.mesh.shape={mesh}"]
+  args += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
   if num_processes > 1:
-    cmd += [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={num_processes}"]
-  procs = [subprocess.Popen(cmd + ([f"--process_id={i}"] if num_processes > 1 else []), env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(num_processes)]
+    args += [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={num_processes}"]
+  logs = [f"{workdir}.process{i}.log" for i in range(num_processes)]  # Beside the workdir: not in it.
+  procs = [main_server().start(args + ([f"--process_id={i}"] if num_processes > 1 else []), stdout=log, stderr=log,
+                               env=env) for i, log in enumerate(logs)]
   try:
-    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    for p in procs:
+      p.wait(timeout=TIMEOUT_S)
   finally:
     for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait()
+      p.kill()
+  outputs = [read(log) for log in logs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
   return outputs

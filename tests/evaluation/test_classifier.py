@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,7 @@ from glide_jax.errors import ConfigError, UserError
 from glide_jax.evaluation import classifier as clf
 from glide_jax.evaluation import classifier_cache as cache
 from glide_jax.modes import train_classifier as train_classifier_mode
-from helpers.paths import REPO
+from helpers.runs import main_cmd, main_env, main_server
 
 TRAIN_SPLIT, TEST_SPLIT, STEPS = "train[:1024]", "test[:512]", 60
 
@@ -190,10 +188,8 @@ def test_invalid_eval_config_names_the_field(field, value):
 
 def test_eval_mode_without_checkpoint_is_a_user_error(tmp_path):
   """main.py dispatches --mode=eval; no checkpoint → one message, exit code 2, no classifier trained."""
-  env = dict(os.environ, GLIDE_CACHE_DIR=str(tmp_path / "cache"))
-  proc = subprocess.run(
-      [sys.executable, os.path.join(REPO, "main.py"), f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
-       f"--workdir={tmp_path}", "--mode=eval"], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+  env = dict(main_env(), GLIDE_CACHE_DIR=str(tmp_path / "cache"))
+  proc = main_server().run(main_cmd(tmp_path, mode="eval")[2:], env=env)
   assert proc.returncode == 2, proc.stderr
   assert "No checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "cache")

@@ -10,7 +10,8 @@ atexit handlers run, streams flushed.
 What a forked child does not exercise is the interpreter's start-up and main.py's imports; the tests that
 start main.py from scratch (tests/test_main.py's fresh run and "from another directory") cover those.
 
-Protocol: JSON lines. A request on the server's stdin: {"id", "argv", "cwd", "env", "stdout", "stderr"}. On its
+Protocol: JSON lines. A request on the server's stdin: {"id", "argv", "cwd", "env", "stdout", "stderr", "module"}
+(module: `python -m module`, else main.py). On its
 stdout, once the child is forked: {"id", "pid"}; once it has exited: {"id", "returncode"} (negative: killed by
 that signal, as subprocess says).
 """
@@ -45,15 +46,25 @@ def _child(request) -> None:
     os.environ.update(request["env"])
     stdin = os.open(os.devnull, os.O_RDONLY)
     stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    stderr = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # One file for both (as stderr=subprocess.STDOUT) shares one file offset, so neither overwrites the other.
+    stderr = (os.dup(stdout) if request["stderr"] == request["stdout"]
+              else os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
     for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
       os.dup2(fd, target)
       os.close(fd)
-    sys.argv = [MAIN, *request["argv"]]
-    sys.path[0] = os.path.dirname(MAIN)  # As `python main.py` puts the script's directory first.
+    import runpy
+    module = request.get("module")
+    if module:  # python -m MODULE: the working directory first on the path.
+      sys.argv = [module, *request["argv"]]
+      sys.path[0] = os.getcwd()
+    else:  # python main.py: the script's directory first.
+      sys.argv = [MAIN, *request["argv"]]
+      sys.path[0] = os.path.dirname(MAIN)
     try:
-      import runpy
-      runpy.run_path(MAIN, run_name="__main__")
+      if module:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+      else:
+        runpy.run_path(MAIN, run_name="__main__")
       code = 0
     except SystemExit as e:  # The interpreter's handling of SystemExit's code.
       if e.code is None:
@@ -178,7 +189,10 @@ class MainServer:
           self._codes[reply["id"]] = reply["returncode"]
           self._exited[reply["id"]].set()
 
-  def start(self, argv, stdout: str, stderr: str, cwd: str = REPO, env: dict[str, str] | None = None):
+  def start(self, argv, stdout: str, stderr: str, cwd: str = REPO, env: dict[str, str] | None = None,
+            module: str | None = None):
+    """main.py with `argv` (or `python -m module`), output to the files `stdout` and `stderr` (the same path:
+    one file, as stderr=subprocess.STDOUT)."""
     env = dict(self._env if env is None else env)
     for key in set(env) | set(self._env):
       if key.startswith(READ_AT_IMPORT_PREFIXES) and key != "PYTHONPATH" and env.get(key) != self._env.get(key):
@@ -190,15 +204,16 @@ class MainServer:
       self._started[request_id] = (started, pid)
       exited = self._exited[request_id] = threading.Event()
       self._proc.stdin.write(json.dumps(dict(id=request_id, argv=argv, cwd=str(cwd), env=env, stdout=str(stdout),
-                                             stderr=str(stderr))) + "\n")
+                                             stderr=str(stderr), module=module)) + "\n")
       self._proc.stdin.flush()
     if not started.wait(60):
       raise RuntimeError("the main.py server did not fork")
-    return ForkedProcess(["main.py", *argv], pid[0], exited, self._codes, request_id)
+    return ForkedProcess([module or "main.py", *argv], pid[0], exited, self._codes, request_id)
 
-  def run(self, argv, cwd: str = REPO, env: dict[str, str] | None = None, timeout: float = 300):
+  def run(self, argv, cwd: str = REPO, env: dict[str, str] | None = None, timeout: float = 300,
+          module: str | None = None):
     name = os.path.join(self._tmp_dir, uuid.uuid4().hex)
-    proc = self.start(argv, f"{name}.out", f"{name}.err", cwd=cwd, env=env)
+    proc = self.start(argv, f"{name}.out", f"{name}.err", cwd=cwd, env=env, module=module)
     try:
       proc.wait(timeout)
     finally:

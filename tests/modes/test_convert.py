@@ -2,8 +2,6 @@
 and workdirs are refused with exit 2, writing nothing."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,7 @@ from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.released.keymap import convert_state_dict
 from glide_jax.released.state_dict_file import read_state_dict
 from helpers.paths import REPO
-from helpers.runs import main_env
+from helpers.runs import main_server
 from helpers.torch_files import write_pt_calling
 
 GOLDEN_BASE = os.path.join(os.path.dirname(REPO), "shared", "reference", "glide_goldens", "base.npz")
@@ -29,8 +27,8 @@ needs_goldens = pytest.mark.skipif(not os.path.isfile(GOLDEN_BASE), reason="the 
 
 
 def convert(*args):
-  return subprocess.run([sys.executable, "-m", "glide_jax.convert", *args], cwd=REPO, env=main_env(),
-                        capture_output=True, text=True, timeout=300)
+  """`python -m glide_jax.convert ARGS` (a forked child of the main.py server)."""
+  return main_server().run(args, module="glide_jax.convert")
 
 
 @pytest.fixture(scope="module")

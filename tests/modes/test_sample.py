@@ -1,8 +1,6 @@
 """--mode=sample: the guidance sweep from a trained tiny checkpoint, its files, and its user errors."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from glide_jax import data as data_lib
 from glide_jax.errors import UserError
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.train import run as train
-from helpers.paths import REPO
+from helpers.runs import run_main
 
 PROMPTS = ["7", "seven", "3"]
 SCALES = (0.0, 2.0)
@@ -111,10 +109,7 @@ def test_class_names_of_mnist():
 
 
 def test_main_sample_without_checkpoint_exits_2_with_one_paragraph(tmp_path):
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "main.py"), "--config=" + os.path.join(REPO, "configs", "tiny.py"),
-       f"--workdir={tmp_path}", "--mode=sample"],
-      cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True, text=True, timeout=300)
+  result = run_main(tmp_path, mode="sample")
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   error = result.stderr[result.stderr.index("error:"):].strip()

@@ -48,6 +48,9 @@ def test_two_trainers_on_one_workdir(tmp_path):
   try:
     assert wait_until(lambda: checkpoint_steps(workdir) or first.poll() is not None, timeout=300)
     assert first.poll() is None, read(tmp_path / "first.err")[-3000:]
+    # Paused, it still holds the lock, and leaves the cores to the second trainer and the sampler.
+    first.send_signal(signal.SIGSTOP)
+    before_pause = len(metric_steps(workdir))
     t0 = time.monotonic()
     second = run_main(workdir, "--config.train.num_steps=10", *flags_)
     assert second.returncode == 2, second.stderr[-3000:]
@@ -58,11 +61,14 @@ def test_two_trainers_on_one_workdir(tmp_path):
     sample = run_main(workdir, "--config.sample.respacing=3", "--config.sample.prompts=1",
                       "--config.sample.guidance_scales=1.0", mode="sample")
     assert sample.returncode == 0, sample.stderr[-3000:]
+    first.send_signal(signal.SIGCONT)
     assert first.poll() is None, read(tmp_path / "first.err")[-3000:]
+    assert wait_until(lambda: len(metric_steps(workdir)) > before_pause, timeout=120)  # Training again.
     first.send_signal(signal.SIGTERM)  # Saves the step it is on and exits 0 (tests/train/test_preemption.py).
     assert first.wait(timeout=120) == 0, read(tmp_path / "first.err")[-3000:]
   finally:
     if first.poll() is None:
+      first.send_signal(signal.SIGCONT)
       first.send_signal(signal.SIGKILL)
       first.wait()
   last = metric_steps(workdir)[-1]
