@@ -29,6 +29,7 @@ from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
 from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 from glide_jax.train import checkpoint as ckpt_lib
+from glide_jax.train import programs
 from glide_jax.train.init_from import new_input_channels, transfer_params
 from glide_jax.train.step import (
   TrainState,
@@ -77,8 +78,13 @@ class Experiment:
     return make_optimizer(self.config)
 
   @functools.cached_property
+  def _program_key(self) -> Any:
+    return programs.program_key(self.config, self.mesh)
+
+  @functools.cached_property
   def _sharded_init(self) -> tuple[Callable[[], TrainState], Any]:
-    return make_sharded_init(self.mesh, self.model, self.optimizer, stream_key(self.config.seed, "init"))
+    return programs.kept("init", self._program_key, lambda: make_sharded_init(
+        self.mesh, self.model, self.optimizer, stream_key(self.config.seed, "init")))
 
   @property
   def init_fn(self) -> Callable[[], TrainState]:
@@ -248,11 +254,13 @@ class Experiment:
   # --- Training ------------------------------------------------------------------------------------------
 
   def train_step_fn(self):
-    """The jitted, sharded update (state donated): (state, batch, train_rng) → (state, metrics)."""
+    """The jitted, sharded update (state donated): (state, batch, train_rng) → (state, metrics); one per model,
+    recipe and mesh in this process (`glide_jax.train.programs`)."""
     sharding_lib.check_batch_divisible(self.config.train.batch_size, self.mesh,
                                        microbatches=num_microbatches(self.config.train))
-    return make_sharded_train_step(self.mesh, self.state_shardings, model=self.model, diffusion=self.diffusion,
-                                   optimizer=self.optimizer, config=self.config, pad_id=self.tokenizer.pad_id)
+    return programs.kept("train_step", self._program_key, lambda: make_sharded_train_step(
+        self.mesh, self.state_shardings, model=self.model, diffusion=self.diffusion, optimizer=self.optimizer,
+        config=self.config, pad_id=self.tokenizer.pad_id))
 
   @property
   def train_rng(self) -> jax.Array:
