@@ -286,9 +286,10 @@ class Experiment:
 
   def sampler(self, params: Any = None, spec: Optional[SamplerSpec] = None) -> GuidedSampler:
     """The compiled sampler of `spec` (default: `sampler_spec`) over this model and mesh, bound to `params`
-    when given (else bind them with `.bind`)."""
-    sampler = GuidedSampler(model=self.model, base_diffusion=self.diffusion, spec=spec or self.sampler_spec,
-                            pad_id=self.tokenizer.pad_id, mesh=self.mesh)
+    when given (else bind them with `.bind`); one per model, spec and mesh in this process."""
+    spec = spec or self.sampler_spec
+    sampler = programs.kept("sampler", (self._program_key, spec), lambda: GuidedSampler(
+        model=self.model, base_diffusion=self.diffusion, spec=spec, pad_id=self.tokenizer.pad_id, mesh=self.mesh))
     return sampler if params is None else sampler.bind(params)
 
   def sample_grid(self, sampler: GuidedSampler, prompts: Sequence[str], scales: Sequence[float],

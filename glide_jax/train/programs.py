@@ -1,8 +1,9 @@
-"""The training programs of this process, kept for reuse: a second run of the same model, recipe and mesh (a
+"""The compiled programs of this process, kept for reuse: a second run of the same model, recipe and mesh (a
 notebook cell run again, a resumed run, a test after another) neither traces nor compiles them again.
 
-Tracing and lowering the step and the initialiser, then loading them from the persistent compilation cache,
-costs several seconds per `train()` call even when nothing is compiled; a program reused here costs nothing.
+Tracing and lowering the training step and the initialiser, then loading them from the persistent
+compilation cache, costs several seconds per `train()` call even when nothing is compiled; a program reused
+here costs nothing. Samplers are kept the same way, under this key and their `SamplerSpec`.
 The key is the config without the fields that only the host reads (`HOST_ONLY`): the loop's cadence, the
 data's location and the other modes' settings. Every other field is part of the key, so a field added later
 can only cost a rebuild, never reuse a program built for another value. tests/train/test_programs.py records
@@ -31,7 +32,7 @@ HOST_ONLY: dict[str, tuple[str, ...] | None] = {
 }
 # The step count shapes only a schedule that decays towards it.
 SCHEDULES_WITHOUT_NUM_STEPS = ("constant",)
-MAX_KEPT = 8  # Programs of the most recently used keys; each holds its compiled executables.
+MAX_KEPT = 16  # Programs of the most recently used keys; each holds its compiled executables.
 
 _kept: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
 _lock = threading.Lock()

@@ -1,4 +1,4 @@
-"""Training programs kept per process: reused for the same model, recipe and mesh, never for another."""
+"""Programs kept per process: reused for the same model, recipe (or sampler) and mesh, never for another."""
 
 import ml_collections
 import pytest
@@ -75,3 +75,14 @@ def test_the_key_keeps_num_steps_only_for_a_decaying_schedule(schedule, kept):
   mesh = Experiment(config).mesh
   assert ('"num_steps"' in programs.program_key(config, mesh)[0]) == kept
   assert '"checkpoint_every"' not in programs.program_key(config, mesh)[0]
+
+
+def test_one_sampler_per_model_spec_and_mesh():
+  sampler = Experiment(tiny_config()).sampler()
+  assert Experiment(tiny_config(num_steps=3, log_every=1)).sampler() is sampler
+  assert Experiment(tiny_config()).sampler(spec=sampler.spec.replace(respacing="3")) is not sampler
+  other_model = tiny_config()
+  other_model.model.dropout = 0.1
+  assert Experiment(other_model).sampler() is not sampler
+  bound = Experiment(tiny_config()).sampler(params={"w": 1})
+  assert bound is not sampler and bound.params == {"model": {"w": 1}} and sampler.params is None
