@@ -60,7 +60,8 @@ def main():
   micro_diff = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state_micro.params),
                                       jax.device_get(state_micro_single.params))
   microbatched = {"loss_single": loss_micro_single, "loss": loss_micro,
-                  "max_param_diff": max(jax.tree_util.tree_leaves(micro_diff))}
+                  "max_param_diff": max(jax.tree_util.tree_leaves(micro_diff)), "params": layout(state_micro.params),
+                  "ema_params": layout(state_micro.ema_params), "adam_mu": layout(state_micro.opt_state[1][0].mu)}
   try:
     sharding.check_batch_divisible(12, sharding.make_mesh((-1, 1)))
     error = ""
