@@ -55,15 +55,14 @@ def full_optimizations_env():
 # long file while the other waits; unlisted files (a few seconds each) come last, in collection order. Files of a
 # minute or more are marked `slow`: `pytest -m "not slow"` leaves them out while iterating (CI runs everything).
 FILE_SECONDS = {
-    "test_main.py": 172, "train/test_preemption.py": 159, "test_multihost.py": 153, "test_sharding.py": 129,
-    "test_scripts.py": 129, "modes/test_cascade.py": 82, "train/test_divergence.py": 74,
-    "modes/test_edit.py": 73, "train/test_checkpoint.py": 72, "modes/test_convert.py": 64,
-    "train/test_workdir_lock.py": 62, "test_experiment.py": 60, "modes/test_train.py": 60, "test_datasets.py": 57,
-    "train/test_disk_full.py": 51, "modes/test_eval.py": 50, "test_notebook.py": 42,
-    "train/test_step.py": 36, "evaluation/test_classifier.py": 34, "sampling/test_guided.py": 33,
-    "test_runtime.py": 32, "test_data_prepare.py": 30, "model/test_text2im.py": 30,
-    "diffusion/test_known_region.py": 22, "model/test_unet.py": 21, "modes/test_sample.py": 21,
-    "released/test_keymap.py": 19, "modes/test_benchmark.py": 25, "model/test_model_config.py": 14,
+    "test_main.py": 249, "train/test_preemption.py": 210, "test_multihost.py": 201, "test_sharding.py": 193,
+    "test_scripts.py": 167, "test_datasets.py": 107, "test_notebook.py": 95, "modes/test_edit.py": 77,
+    "test_experiment.py": 76, "train/test_divergence.py": 75, "modes/test_cascade.py": 74,
+    "train/test_checkpoint.py": 65, "train/test_step.py": 55, "train/test_workdir_lock.py": 49,
+    "sampling/test_guided.py": 47, "modes/test_train.py": 46, "train/test_disk_full.py": 44,
+    "diffusion/test_known_region.py": 41, "modes/test_convert.py": 37, "model/test_text2im.py": 35,
+    "test_data_prepare.py": 34, "released/test_keymap.py": 30, "modes/test_eval.py": 24, "test_runtime.py": 22,
+    "model/test_model_config.py": 20, "train/test_programs.py": 15,
 }
 SLOW_SECONDS = 60
 

@@ -11,9 +11,8 @@ What a forked child does not exercise is the interpreter's start-up and main.py'
 start main.py from scratch (tests/test_main.py's fresh run and "from another directory") cover those.
 
 Protocol: JSON lines. A request on the server's stdin: {"id", "argv", "cwd", "env", "stdout", "stderr", "module"}
-(module: `python -m module`, else main.py). On its
-stdout, once the child is forked: {"id", "pid"}; once it has exited: {"id", "returncode"} (negative: killed by
-that signal, as subprocess says).
+(module: `python -m module`, else main.py). On its stdout, once the child is forked: {"id", "pid"}; once it has
+exited: {"id", "returncode"} (negative: killed by that signal, as subprocess says).
 """
 
 from __future__ import annotations
@@ -100,11 +99,20 @@ def serve() -> None:
   assert not xla_bridge.backends_are_initialized(), "the server started JAX's backends; a fork would inherit them"
   print(json.dumps({"ready": os.getpid()}), flush=True)
 
+  # Woken by a request on stdin or by SIGCHLD (through a pipe: select then needs no timeout, so an idle server
+  # takes no CPU).
+  wake_read, wake_write = os.pipe()
+  os.set_blocking(wake_write, False)
+  signal.set_wakeup_fd(wake_write)
+  signal.signal(signal.SIGCHLD, lambda signum, frame: None)
   running = {}  # pid → request id
   pending = b""
   open_ = True
   while open_ or running:
-    if open_ and select.select([0], [], [], 0.01)[0]:
+    ready = select.select([0, wake_read] if open_ else [wake_read], [], [])[0]
+    if wake_read in ready:
+      os.read(wake_read, 1 << 16)
+    if 0 in ready:
       chunk = os.read(0, 1 << 16)
       open_ = bool(chunk)
       *lines, pending = (pending + chunk).split(b"\n")
@@ -114,11 +122,13 @@ def serve() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
+          signal.set_wakeup_fd(-1)
+          signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+          os.close(wake_read)
+          os.close(wake_write)
           _child(request)
         running[pid] = request["id"]
         print(json.dumps({"id": request["id"], "pid": pid}), flush=True)
-    elif not open_:
-      select.select([], [], [], 0.01)
     while running:
       pid, status = os.waitpid(-1, os.WNOHANG)
       if pid == 0:
