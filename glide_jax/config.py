@@ -114,7 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.prompts = ""            # Comma-separated; "" = one prompt per class ("zero", ..., "nine").
   c.sample.prompt_file = ""        # Or a UTF-8 file with one prompt per line.
   c.sample.guidance_scales = (0.0, 1.0, 2.0, 4.0, 7.0, 10.0, 20.0)
-  c.sample.sampler = "ddpm"        # A key of diffusion.samplers.SAMPLERS: "ddpm" or "ddim".
+  c.sample.sampler = "ddpm"        # A key of diffusion.samplers.SAMPLERS: "ddpm", "ddim" or "dpm_solver_pp_2m".
   c.sample.respacing = "100"       # 100 of the T steps, as glide-text2im samples; "" = all T; "10,10,3,2,2", "ddim50".
   c.sample.ddim_eta = 0.0
   # A key of sampling.guidance.GUIDANCE: "classifier_free", or "none" (the conditional model, scales unused).

@@ -11,11 +11,11 @@ from glide_jax.diffusion.losses import (
     vb_terms_bpd,
 )
 from glide_jax.diffusion.respace import respace, space_timesteps
-from glide_jax.diffusion.samplers import SAMPLERS, ddim_step, p_sample_step, sample_loop
+from glide_jax.diffusion.samplers import SAMPLERS, ddim_step, dpm_solver_pp_2m_step, p_sample_step, sample_loop
 from glide_jax.diffusion.schedules import SCHEDULE_NAMES, get_named_beta_schedule
 
 __all__ = [
     "SAMPLERS", "SCHEDULE_NAMES", "GaussianDiffusion", "approx_standard_normal_cdf", "ddim_step",
-    "discretized_gaussian_log_likelihood", "get_named_beta_schedule", "hybrid_loss", "min_snr_weight", "normal_kl",
-    "p_sample_step", "respace", "sample_loop", "space_timesteps", "vb_terms_bpd",
+    "discretized_gaussian_log_likelihood", "dpm_solver_pp_2m_step", "get_named_beta_schedule", "hybrid_loss",
+    "min_snr_weight", "normal_kl", "p_sample_step", "respace", "sample_loop", "space_timesteps", "vb_terms_bpd",
 ]
