@@ -9,7 +9,7 @@ Classifier-free guidance (GLIDE's text2im notebook): one forward pass on [condit
 (the latter with the empty prompt) sharing x_t; ε̃ = ε_u + s (ε_c − ε_u); the variance output v comes from
 the conditional half. The guidance scale is an input array, so one compiled sampler serves every scale.
 Guidance may be limited to an interval of timesteps (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside
-it the step uses ε_c alone (s = 1).
+it the step uses ε_c alone (s = 1), from a forward pass on the B conditional rows only.
 """
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ def with_empty_prompt(tokens: jax.Array, mask: jax.Array, pad_id: int) -> tuple[
 
 def classifier_free_model_fn(g: GuidanceInputs) -> ModelFn:
   """ε̃ = ε_u + s (ε_c − ε_u) from one forward pass on 2B rows; v from the conditional half. Outside the
-  guidance interval the scale is 1."""
+  guidance interval the scale is 1, and a step at which no row is guided runs the conditional rows alone
+  (B rows: half the work)."""
   timestep_map = jnp.asarray(g.diffusion.timestep_map)
 
-  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
+  def guided(x: jax.Array, t: jax.Array) -> jax.Array:
     b, c = x.shape[0], x.shape[-1]
     out = g.denoise(jnp.repeat(x, 2, axis=0), jnp.repeat(t, 2))  # Both halves see the same x_t.
     out = out.reshape(b, 2, *out.shape[1:])
@@ -78,6 +79,16 @@ def classifier_free_model_fn(g: GuidanceInputs) -> ModelFn:
     s = s.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
     eps = uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c])
     return jnp.concatenate([eps, cond[..., c:]], axis=-1)
+
+  if g.interval[0] <= 0.0 and g.interval[1] >= 1.0:
+    return guided  # Every step is guided: no branch.
+
+  def conditional(x: jax.Array, t: jax.Array) -> jax.Array:
+    return g.denoise(x, t, rows=slice(0, None, 2))  # The conditional rows of the interleaved text.
+
+  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    any_guided = jnp.any(guidance_active(timestep_map[t], g.num_timesteps, g.interval))
+    return jax.lax.cond(any_guided, guided, conditional, x, t)
 
   return fn
 

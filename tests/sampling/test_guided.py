@@ -15,6 +15,7 @@ from configs import tiny
 from glide_jax import sharding as sharding_lib
 from glide_jax.diffusion import GaussianDiffusion, respace, sample_loop, space_timesteps
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
+from glide_jax.sampling.guidance import GuidanceInputs
 from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 
 RESPACING = "5"
@@ -196,6 +197,25 @@ def test_guidance_interval_guides_only_the_steps_inside_it(setup, ddpm):
                                        [4.0, 2.0], seed=6), everywhere)
   empty = respec(setup, ddpm, guidance_interval=(0.8, 0.9))
   np.testing.assert_allclose(sample(empty, setup, [4.0, 2.0], seed=6), conditional, atol=1e-5, rtol=0)
+
+
+def test_steps_outside_the_guidance_interval_run_one_forward_pass_per_sample(setup, ddpm, monkeypatch):
+  """Forward passes per sample, counted as the compiled sampler runs them: 2 per guided step and 1 per other
+  step (5 steps, of which (0.3, 0.8) guides 2: 7 passes, not 10); 2 per step when every step is guided."""
+  rows = []
+  denoise = GuidanceInputs.denoise
+
+  def counted(self, x, t, *args, **kwargs):
+    jax.debug.callback(lambda n: rows.append(int(n)), x.shape[0])
+    return denoise(self, x, t, *args, **kwargs)
+
+  monkeypatch.setattr(GuidanceInputs, "denoise", counted)
+  for interval, passes in (((0.3, 0.8), 7), ((0.8, 0.9), 5), ((0.0, 1.0), 10)):
+    rows.clear()
+    got = sample(respec(setup, ddpm, guidance_interval=interval), setup, [4.0, 2.0], seed=6)
+    jax.effects_barrier()
+    assert sum(rows) == passes * B, (interval, rows)
+    assert np.isfinite(got).all()
 
 
 # --- (3) DDIM with η = 0 is deterministic given x_T ----------------------------------------------------------
