@@ -66,7 +66,7 @@ USER_ERRORS = [
      r"guidance_scales = .*is invalid: give numbers"),
     ("zero_sampling_steps", "sample", "trained", ["--config.sample.respacing=0"], r"respacing '0'.*at least 1"),
     ("unknown_sampler", "sample", "trained", ["--config.sample.sampler=euler"],
-     r"config\.sample\.sampler = 'euler' is invalid: choose one of \('ddpm', 'ddim'\)"),
+     r"config\.sample\.sampler = 'euler' is invalid: choose one of \('ddpm', 'ddim', 'dpm_solver_pp_2m'\)"),
     ("unknown_respacing", "sample", "trained", ["--config.sample.respacing=fastest"], r"Unknown respacing 'fastest'"),
     ("no_checkpoint", "sample", "empty", [], r"No checkpoint in"),
     ("sample_workdir_is_a_file", "sample", "file", [], r"is a file, not a directory"),

@@ -283,10 +283,12 @@ def test_scale_count_must_match_batch(setup, ddpm):
 
 def test_an_unknown_sampler_or_guidance_rule_is_refused(setup):
   # (A config's sample.* values are checked by validate_config: tests/test_config.py.)
-  with pytest.raises(ValueError, match=r"Unknown sampler 'euler'; choose one of \('ddpm', 'ddim'\)"):
+  with pytest.raises(ValueError, match=r"Unknown sampler 'euler'; choose one of \('ddpm', 'ddim', "
+                     r"'dpm_solver_pp_2m'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(sampler="euler"))
-  with pytest.raises(ValueError, match="Unknown guidance 'autoguidance'"):
-    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(guidance="autoguidance"))
+  with pytest.raises(ValueError, match=r"Unknown guidance 'negative'; choose one of \('classifier_free', "
+                     r"'none'\)"):
+    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(guidance="negative"))
 
 
 def test_a_sampler_runs_bound_and_a_new_binding_compiles_nothing(setup, ddpm):
