@@ -117,10 +117,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.sampler = "ddpm"        # A key of diffusion.samplers.SAMPLERS: "ddpm", "ddim" or "dpm_solver_pp_2m".
   c.sample.respacing = "100"       # 100 of the T steps, as glide-text2im samples; "" = all T; "10,10,3,2,2", "ddim50".
   c.sample.ddim_eta = 0.0
-  # A key of sampling.guidance.GUIDANCE: "classifier_free", or "none" (the conditional model, scales unused).
+  # A key of sampling.guidance.GUIDANCE: "classifier_free", "autoguidance" (below), or "none" (the
+  # conditional model, scales unused).
   c.sample.guidance = "classifier_free"
   # Guidance only at timesteps t with lo <= t/T < hi (arXiv:2404.07724); the conditional model elsewhere.
   c.sample.guidance_interval = (0.0, 1.0)
+  # Autoguidance (arXiv:2406.02507) guides the model with a weaker version of itself: checkpoint guide_step of
+  # this run (an earlier one), or of guide_workdir, another run of the same model (its latest when 0).
+  c.sample.guide_step = 0
+  c.sample.guide_workdir = ""
   c.sample.num_per_prompt = 1
   c.sample.use_ema = True
   c.sample.batch_size = 64
@@ -418,6 +423,17 @@ def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
           and 0.0 <= interval[0] < interval[1] <= 1.0):
     _fail("sample.guidance_interval", interval, "give (lo, hi) with 0 <= lo < hi <= 1, fractions of the "
           "diffusion's timesteps, e.g. --config.sample.guidance_interval='(0.1, 0.8)'; (0., 1.) = every step.")
+  _check_int("sample.guide_step", s.guide_step, 0)
+  if not isinstance(s.guide_workdir, str):
+    _fail("sample.guide_workdir", s.guide_workdir, "give the workdir of another run of the same model, or ''.")
+  if s.guidance == "autoguidance" and not (s.guide_step or s.guide_workdir):
+    _fail("sample.guidance", s.guidance, "autoguidance needs a guide: an earlier checkpoint of this run "
+          "(--config.sample.guide_step=STEP) or another run of the same model (--config.sample.guide_workdir=DIR).")
+  if s.guidance != "autoguidance":
+    for name in ("guide_step", "guide_workdir"):
+      if s[name]:
+        _fail(f"sample.{name}", s[name], "only autoguidance reads it: add --config.sample.guidance=autoguidance, "
+              "or leave it unset.")
   _check_int("sample.num_per_prompt", s.num_per_prompt, 1)
   _check_int("sample.batch_size", s.batch_size, 1)
   if not isinstance(s.use_ema, bool):

@@ -224,14 +224,18 @@ class Experiment:
       if checkpointer.latest_step() is None:
         raise self._no_checkpoint(checkpointer.directory)
 
-  def load_params(self, use_ema: bool = True) -> tuple[Any, int]:
-    """(EMA or raw parameters, step) of the workdir's latest checkpoint; a UserError when there is none."""
+  def load_params(self, use_ema: bool = True, step: Optional[int] = None) -> tuple[Any, int]:
+    """(EMA or raw parameters, step) of the workdir's checkpoint `step` (default: the latest readable one); a
+    UserError when there is none."""
     name = "ema_params" if use_ema else "params"
     with self.checkpointer(read_only=True) as checkpointer:
       if checkpointer.latest_step() is None:
         raise self._no_checkpoint(checkpointer.directory)
-      items, _, step = checkpointer.restore_latest_readable({name: self.abstract_params},
-                                                            self._check_same_model(checkpointer))
+      if step is None:
+        items, _, step = checkpointer.restore_latest_readable({name: self.abstract_params},
+                                                              self._check_same_model(checkpointer))
+      else:
+        items, _ = checkpointer.restore({name: self.abstract_params}, step, self._check_same_model(checkpointer))
     return items[name], step
 
   def write_params(self, params: Any, step: int = 0) -> None:
@@ -286,11 +290,37 @@ class Experiment:
 
   def sampler(self, params: Any = None, spec: Optional[SamplerSpec] = None) -> GuidedSampler:
     """The compiled sampler of `spec` (default: `sampler_spec`) over this model and mesh, bound to `params`
-    when given (else bind them with `.bind`); one per model, spec and mesh in this process."""
+    when given (and to `guide_params()` for autoguidance; else bind them with `.bind`); one per model, spec
+    and mesh in this process."""
     spec = spec or self.sampler_spec
     sampler = programs.kept("sampler", (self._program_key, spec), lambda: GuidedSampler(
         model=self.model, base_diffusion=self.diffusion, spec=spec, pad_id=self.tokenizer.pad_id, mesh=self.mesh))
-    return sampler if params is None else sampler.bind(params)
+    if params is None:
+      return sampler
+    return sampler.bind(params, guide=self.guide_params()) if spec.guidance == "autoguidance" else sampler.bind(params)
+
+  @functools.cached_property
+  def _guide(self) -> Any:
+    s = self.config.sample
+    if not (s.guide_workdir or self.workdir):
+      raise UserError("Autoguidance by an earlier checkpoint needs the run's workdir: give this Experiment one, or "
+                      "config.sample.guide_workdir.")
+    guide = Experiment(self.config, s.guide_workdir or self.workdir, mesh=self.mesh)
+    step = s.guide_step or None
+    if step is not None:
+      with guide.checkpointer(read_only=True) as checkpointer:
+        steps = checkpointer.all_steps()
+      if step not in steps:
+        raise UserError(f"config.sample.guide_step = {step}: {guide.workdir} holds no checkpoint at that step (it "
+                        f"keeps {steps}). Give one of those, or keep more while training "
+                        f"(--config.train.keep_checkpoints).")
+    return guide.load_params(s.use_ema, step=step)[0]
+
+  def guide_params(self) -> Any:
+    """The parameters autoguidance guides with (EMA or not, as config.sample.use_ema): checkpoint
+    sample.guide_step of sample.guide_workdir (default: this run), or that run's latest. A run of another
+    model is refused with a UserError naming the differences."""
+    return self._guide
 
   def sample_grid(self, sampler: GuidedSampler, prompts: Sequence[str], scales: Sequence[float],
                   num_per_prompt: int, rng: jax.Array, progress: Any = None) -> np.ndarray:

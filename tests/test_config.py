@@ -41,6 +41,8 @@ def test_the_allowed_names_are_the_implementations_tables(field, names):
   for value in names:
     config = tiny.get_config()
     config[section][name] = value
+    if value == "autoguidance":
+      config.sample.guide_step = 1  # It needs a guide.
     validate_config(config)
   names = ATTENTION_IMPLS + ("auto",) if field == "model.attention_impl" else names  # cudnn: not on CPU.
   config = tiny.get_config()
@@ -119,6 +121,10 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("sample.guidance_scales", (1.0, -1.0), "sample.guidance_scales"),
     ("sample.guidance_scales", (float("inf"),), "sample.guidance_scales"),
     ("sample.guidance_scales", ("one",), "sample.guidance_scales"),
+    ("sample.guidance", "autoguidance", "sample.guidance"),  # Without a guide.
+    ("sample.guide_step", -1, "sample.guide_step"),
+    ("sample.guide_step", 2, "sample.guide_step"),  # Read by autoguidance only.
+    ("sample.guide_workdir", "/some/run", "sample.guide_workdir"),
     ("sample.num_per_prompt", 0, "sample.num_per_prompt"),
     ("sample.batch_size", 0, "sample.batch_size"),
     ("sample.prompts", " , ", "sample.prompts"),

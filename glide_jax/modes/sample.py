@@ -64,8 +64,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
         digits=np.repeat(np.array([class_of_prompt(q, class_names) for q in prompts]), n_scales * k),
         guidance=np.tile(np.repeat(np.array(scales, np.float32), k), p), step=step,
         **({} if low_res is None else {"low_res": low_res.reshape(-1, *low_res.shape[3:])}))
+    guide = ""
+    if s.guidance == "autoguidance" and not exp.model_config.super_res:
+      guide = f", guided by checkpoint {s.guide_step or 'latest'} of {s.guide_workdir or 'this run'}"
     print(f"Wrote {len(scales)} grids, {paths['figure']} and {paths['npz']} (checkpoint step {step}, "
-          f"{'EMA' if s.use_ema else 'raw'} parameters).", flush=True)
+          f"{'EMA' if s.use_ema else 'raw'} parameters{guide}).", flush=True)
   return paths
 
 

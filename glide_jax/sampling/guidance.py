@@ -8,6 +8,8 @@ another model) reach it through `GuidanceInputs.params`, bound into the sampler 
 Classifier-free guidance (GLIDE's text2im notebook): one forward pass on [conditional, unconditional] rows
 (the latter with the empty prompt) sharing x_t; ε̃ = ε_u + s (ε_c − ε_u); the variance output v comes from
 the conditional half. The guidance scale is an input array, so one compiled sampler serves every scale.
+Autoguidance (Karras et al. 2024) replaces the unconditional pass by a weaker version of the model on the
+same prompt (an earlier checkpoint of the run), bound as `GuidanceInputs.params["guide"]`.
 Guidance may be limited to an interval of timesteps (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside
 it the step uses ε_c alone (s = 1), from a forward pass on the B conditional rows only.
 """
@@ -15,7 +17,7 @@ it the step uses ε_c alone (s = 1), from a forward pass on the B conditional ro
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,20 +35,27 @@ class GuidanceInputs:
   params: dict[str, Any]  # "model": the sampled network's; other names: what `GuidedSampler.bind` added.
   diffusion: GaussianDiffusion  # The respaced process: t indexes its timestep_map.
   num_timesteps: int  # The base process's T, for the guidance interval.
-  xf_out: jax.Array  # The encoded `text_rows`.
+  text_rows: tuple[jax.Array, jax.Array]  # The rule's `text_rows` (tokens, mask), as encoded below.
+  xf_out: jax.Array  # `text_rows` encoded by the "model" parameters.
   xf_proj: jax.Array
   scales: jax.Array  # [B] guidance scales.
   interval: tuple[float, float]
   extra_inputs: dict[str, jax.Array]  # An inpainting model's image and mask, an upsampler's low_res: [B, ...].
 
-  def denoise(self, x: jax.Array, t: jax.Array, rows: slice = slice(None), params: str = "model") -> jax.Array:
-    """The network on x [R, ...] at respaced steps t [R], with text rows `rows` and every extra input
-    repeated to R rows (R a multiple of B)."""
+  def encode(self, params: str) -> tuple[jax.Array, jax.Array]:
+    """`text_rows` encoded by another network's text transformer: (xf_out, xf_proj)."""
+    return self.model.apply({"params": self.params[params]}, *self.text_rows, method=Text2ImUNet.encode_text)
+
+  def denoise(self, x: jax.Array, t: jax.Array, rows: slice = slice(None), params: str = "model",
+              text: Optional[tuple[jax.Array, jax.Array]] = None) -> jax.Array:
+    """The network `params` on x [R, ...] at respaced steps t [R], with text rows `rows` (of `text`, by
+    default the model's encoding) and every extra input repeated to R rows (R a multiple of B)."""
     reps = x.shape[0] // self.scales.shape[0]
     extra = {k: jnp.repeat(v, reps, axis=0) for k, v in self.extra_inputs.items()}
     timestep_map = jnp.asarray(self.diffusion.timestep_map)
-    return self.model.apply({"params": self.params[params]}, x, timestep_map[t], self.xf_out[rows],
-                            self.xf_proj[rows], method=Text2ImUNet.denoise, **extra)
+    xf_out, xf_proj = (self.xf_out, self.xf_proj) if text is None else text
+    return self.model.apply({"params": self.params[params]}, x, timestep_map[t], xf_out[rows], xf_proj[rows],
+                            method=Text2ImUNet.denoise, **extra)
 
 
 def guidance_active(timesteps: jax.Array, num_timesteps: int, interval: tuple[float, float]) -> jax.Array:
@@ -93,6 +102,32 @@ def classifier_free_model_fn(g: GuidanceInputs) -> ModelFn:
   return fn
 
 
+def autoguidance_model_fn(g: GuidanceInputs) -> ModelFn:
+  """Autoguidance (Karras et al. 2024, arXiv:2406.02507, eq. 2 written for ε): ε̃ = ε_g + s (ε_m − ε_g), the
+  model m and its guide g (a weaker version of it, `GuidanceInputs.params["guide"]`) both on the prompt, each
+  with its own text encoding; v from the model. s = 1 is the model alone, s = 0 the guide alone. Outside the
+  guidance interval the model runs alone."""
+  timestep_map = jnp.asarray(g.diffusion.timestep_map)
+  guide_text = g.encode("guide")
+
+  def guided(x: jax.Array, t: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    model, guide = g.denoise(x, t), g.denoise(x, t, params="guide", text=guide_text)
+    s = jnp.where(guidance_active(timestep_map[t], g.num_timesteps, g.interval), g.scales, 1.0)
+    s = s.reshape(-1, *([1] * (x.ndim - 1))).astype(model.dtype)
+    eps = guide[..., :c] + s * (model[..., :c] - guide[..., :c])
+    return jnp.concatenate([eps, model[..., c:]], axis=-1)
+
+  if g.interval[0] <= 0.0 and g.interval[1] >= 1.0:
+    return guided
+
+  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    any_guided = jnp.any(guidance_active(timestep_map[t], g.num_timesteps, g.interval))
+    return jax.lax.cond(any_guided, guided, g.denoise, x, t)
+
+  return fn
+
+
 def conditional_model_fn(g: GuidanceInputs) -> ModelFn:
   """The conditional network alone: one forward pass per sample (glide-text2im's upsampler); scales unused."""
   return g.denoise
@@ -107,5 +142,7 @@ class GuidanceRule:
 # The rules config.sample.guidance may name (the config validator reads this table's keys).
 GUIDANCE: dict[str, GuidanceRule] = {
     "classifier_free": GuidanceRule(with_empty_prompt, classifier_free_model_fn),
+    # Needs the guide's parameters: sampler.bind(params, guide=guide_params).
+    "autoguidance": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), autoguidance_model_fn),
     "none": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), conditional_model_fn),
 }

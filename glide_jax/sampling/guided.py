@@ -96,7 +96,8 @@ class GuidedSampler:
       extra_inputs.update(inpaint_image=image, inpaint_mask=known)
     model_fn = rule.model_fn(GuidanceInputs(
         model=self.model, params=params, diffusion=self.diffusion, num_timesteps=self.base_diffusion.num_timesteps,
-        xf_out=xf_out, xf_proj=xf_proj, scales=scales, interval=spec.guidance_interval, extra_inputs=extra_inputs))
+        text_rows=(rows, row_mask), xf_out=xf_out, xf_proj=xf_proj, scales=scales, interval=spec.guidance_interval,
+        extra_inputs=extra_inputs))
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (tokens.shape[0], c.image_size, c.image_size, c.in_channels)
@@ -122,6 +123,8 @@ class GuidedSampler:
     """
     if self.params is None:
       raise ValueError("This sampler has no parameters yet: sample with sampler.bind(params).")
+    if self.spec.guidance == "autoguidance" and "guide" not in self.params:
+      raise ValueError("Autoguidance needs the guide's parameters: sampler.bind(params, guide=guide_params).")
     scales = np.asarray(scales, np.float32)
     if scales.shape != (tokens.shape[0],):
       raise ValueError("scales needs one guidance scale per sample.")

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,9 +10,11 @@ from PIL import Image
 from configs import tiny
 from glide_jax import data as data_lib
 from glide_jax.errors import UserError
+from glide_jax.experiment import Experiment
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.train import run as train
 from helpers.runs import run_main
+from helpers.trees import assert_trees_equal
 
 PROMPTS = ["7", "seven", "3"]
 SCALES = (0.0, 2.0)
@@ -116,3 +119,38 @@ def test_main_sample_without_checkpoint_exits_2_with_one_paragraph(tmp_path):
   assert "No checkpoint" in error and str(tmp_path) in error
   assert "\n\n" not in error and len(error.splitlines()) == 1, error
   assert not os.path.exists(tmp_path / "samples")
+
+
+def test_autoguidance_guides_with_an_earlier_checkpoint_of_the_run(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = sample_config()
+  config.train.num_steps = 4
+  train(config, workdir)
+  config.sample.guidance, config.sample.guide_step = "autoguidance", 2
+  exp = Experiment(config, workdir)
+  params, step = exp.load_params()
+  early, early_step = exp.load_params(step=2)
+  assert (step, early_step) == (4, 2)
+  assert_trees_equal(exp.guide_params(), early)
+  tokens, mask = exp.tokenizer.tokenize_batch(["7", "3"], config.model.text_ctx)
+
+  def draw(sampler, scale):
+    return np.asarray(sampler(tokens, mask, np.full(2, scale, np.float32), jax.random.key(5)))
+
+  # DDIM (η = 0): the variance output, always the model's, plays no part, so s = 0 is the guide alone.
+  spec = exp.sampler_spec.replace(sampler="ddim", respacing="5")
+  auto = exp.sampler(params, spec)  # Bound to the guide by the Experiment.
+  alone = exp.sampler(params, spec.replace(guidance="none"))
+  guide_alone = exp.sampler(early, spec.replace(guidance="none"))
+  np.testing.assert_allclose(draw(auto, 1.0), draw(alone, 1.0), atol=1e-5)
+  np.testing.assert_allclose(draw(auto, 0.0), draw(guide_alone, 1.0), atol=1e-5)
+  assert np.abs(draw(auto, 3.0) - draw(alone, 1.0)).max() > 1e-3
+  # Through main.py, and a step the run did not keep.
+  auto_flags = ["--mode=sample", "--config.sample.guidance=autoguidance", "--config.sample.prompts=7",
+                "--config.sample.respacing=10"]
+  result = run_main(workdir, *auto_flags, "--config.sample.guide_step=2", "--config.sample.guidance_scales=(2.,)")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "(checkpoint step 4, EMA parameters, guided by checkpoint 2 of this run)." in result.stdout, result.stdout
+  result = run_main(workdir, *auto_flags, "--config.sample.guide_step=3")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert "config.sample.guide_step = 3:" in result.stderr and "it keeps [2, 4]" in result.stderr, result.stderr

@@ -103,9 +103,10 @@ def run_plain(setup, sampler, x_T, loop_rng, empty=False, eta=0.0, v_from_condit
                                           sampler=sampler, eta=eta))
 
 
-def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, interval=(0.0, 1.0)):
+def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, interval=(0.0, 1.0), guide=None):
   """A plain Python loop over t = K−1 … 0: two forward passes, ε̃ = ε_u + s(ε_c − ε_u), v conditional; s = 1
-  at the steps whose original timestep is outside the guidance interval (fractions of the base T)."""
+  at the steps whose original timestep is outside the guidance interval (fractions of the base T). With
+  `guide` parameters, ε_u is theirs on the prompt (autoguidance) instead of the model's on the empty prompt."""
   x, loop_rng = split_like_sampler(setup, rng)
   c = x.shape[-1]
   abar_table = diffusion.alphas_cumprod
@@ -115,7 +116,10 @@ def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, inter
     guided = interval[0] <= diffusion.timestep_map[i] / setup["base"].num_timesteps < interval[1]
     s = jnp.asarray(scales if guided else [1.0] * B, jnp.float32)[:, None, None, None]
     cond = setup["forward"](setup["params"], x, original_t, setup["tokens"], setup["mask"])
-    uncond = setup["forward"](setup["params"], x, original_t, setup["empty_tokens"], setup["empty_mask"])
+    if guide is None:
+      uncond = setup["forward"](setup["params"], x, original_t, setup["empty_tokens"], setup["empty_mask"])
+    else:
+      uncond = setup["forward"](guide, x, original_t, setup["tokens"], setup["mask"])
     output = jnp.concatenate([uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c]), cond[..., c:]], axis=-1)
     noise = jax.random.normal(jax.random.fold_in(loop_rng, i), x.shape, x.dtype)
     pm = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
@@ -197,6 +201,27 @@ def test_guidance_interval_guides_only_the_steps_inside_it(setup, ddpm):
                                        [4.0, 2.0], seed=6), everywhere)
   empty = respec(setup, ddpm, guidance_interval=(0.8, 0.9))
   np.testing.assert_allclose(sample(empty, setup, [4.0, 2.0], seed=6), conditional, atol=1e-5, rtol=0)
+
+
+# --- (2c) autoguidance: the unconditional pass replaced by a weaker network on the prompt ---------------------
+def test_autoguidance_is_guided_by_the_guide_network_on_the_same_prompt(setup, ddpm):
+  noise = np.random.default_rng(2)
+  guide = jax.tree_util.tree_map(  # Another network of the same shape (an earlier checkpoint, in use).
+      lambda leaf: jnp.asarray(np.asarray(leaf) + 0.01 * noise.standard_normal(leaf.shape).astype(np.float32)),
+      setup["params"])
+  auto = respec(setup, ddpm, guidance="autoguidance")
+  with pytest.raises(ValueError, match="Autoguidance needs the guide's parameters"):
+    sample(auto, setup, [2.0, 2.0])
+  got = sample(auto.bind(setup["params"], guide=guide), setup, [3.0, 0.5], seed=7)
+  np.testing.assert_allclose(got, reference_loop(setup, ddpm.diffusion, [3.0, 0.5], jax.random.key(7), guide=guide),
+                             atol=1e-5, rtol=0)
+  # Scale 1 is the model alone, whatever the guide; a guide equal to the model changes nothing at any scale.
+  conditional = sample(ddpm, setup, [1.0, 1.0], seed=7)
+  assert np.abs(got - conditional).max() > 1e-2
+  np.testing.assert_allclose(sample(auto.bind(setup["params"], guide=guide), setup, [1.0, 1.0], seed=7),
+                             conditional, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(sample(auto.bind(setup["params"], guide=setup["params"]), setup, [4.0, 4.0], seed=7),
+                             conditional, atol=1e-5, rtol=0)
 
 
 def test_steps_outside_the_guidance_interval_run_one_forward_pass_per_sample(setup, ddpm, monkeypatch):
@@ -287,7 +312,7 @@ def test_an_unknown_sampler_or_guidance_rule_is_refused(setup):
                      r"'dpm_solver_pp_2m'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(sampler="euler"))
   with pytest.raises(ValueError, match=r"Unknown guidance 'negative'; choose one of \('classifier_free', "
-                     r"'none'\)"):
+                     r"'autoguidance', 'none'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(guidance="negative"))
 
 
