@@ -299,28 +299,23 @@ class Experiment:
       return sampler
     return sampler.bind(params, guide=self.guide_params()) if spec.guidance == "autoguidance" else sampler.bind(params)
 
-  @functools.cached_property
-  def _guide(self) -> Any:
+  def guide_params(self) -> Any:
+    """The parameters autoguidance guides with (EMA or not, as config.sample.use_ema): checkpoint
+    sample.guide_step of sample.guide_workdir (default: this run), or that run's latest. A run of another
+    model is refused with a UserError naming the differences."""
     s = self.config.sample
     if not (s.guide_workdir or self.workdir):
       raise UserError("Autoguidance by an earlier checkpoint needs the run's workdir: give this Experiment one, or "
                       "config.sample.guide_workdir.")
     guide = Experiment(self.config, s.guide_workdir or self.workdir, mesh=self.mesh)
-    step = s.guide_step or None
-    if step is not None:
+    if s.guide_step:
       with guide.checkpointer(read_only=True) as checkpointer:
         steps = checkpointer.all_steps()
-      if step not in steps:
-        raise UserError(f"config.sample.guide_step = {step}: {guide.workdir} holds no checkpoint at that step (it "
-                        f"keeps {steps}). Give one of those, or keep more while training "
+      if s.guide_step not in steps:
+        raise UserError(f"config.sample.guide_step = {s.guide_step}: {guide.workdir} holds no checkpoint at that step "
+                        f"(it keeps {steps}). Give one of those, or keep more while training "
                         f"(--config.train.keep_checkpoints).")
-    return guide.load_params(s.use_ema, step=step)[0]
-
-  def guide_params(self) -> Any:
-    """The parameters autoguidance guides with (EMA or not, as config.sample.use_ema): checkpoint
-    sample.guide_step of sample.guide_workdir (default: this run), or that run's latest. A run of another
-    model is refused with a UserError naming the differences."""
-    return self._guide
+    return guide.load_params(s.use_ema, step=s.guide_step or None)[0]
 
   def sample_grid(self, sampler: GuidedSampler, prompts: Sequence[str], scales: Sequence[float],
                   num_per_prompt: int, rng: jax.Array, progress: Any = None) -> np.ndarray:

@@ -54,10 +54,8 @@ def dpm_solver_pp_2m_tables(diffusion: GaussianDiffusion) -> dict[str, np.ndarra
   x_{t−1} = (σ_{t−1}/σ_t) x_t + α_{t−1}(1 − e^{−h_t}) D_t, D_t = x̂_0(t) + (1/(2r_t)) (x̂_0(t) − x̂_0(t+1)),
   r_t = h_{t+1}/h_t. First order (weight 0, which is DDIM with η = 0): the first step (no earlier x̂_0), the
   last (to ᾱ = 1, where h = ∞) and the one before it, as diffusers' `lower_order_final` does below 15 steps.
-  On steps uniform in t, λ grows fastest at the end, so that step's weight h_1/(2 h_2) is large (2.5 at 8 of
-  1,000 cosine steps) and its extrapolation costs more than the order gains: on Gaussian data, whose exact
-  sample is known, keeping it second order is worse than DDIM below about 25 steps, while this is 5-8x better
-  (tests/diffusion/test_samplers.py).
+  On steps uniform in t, λ grows fastest at the end, so that step's weight h_1/(2 h_2) is large and its
+  extrapolation costs more than the order gains (measured on Gaussian data: docs/sampling.md).
   """
   abar, abar_prev = diffusion.alphas_cumprod, diffusion.alphas_cumprod_prev
   sigma, sigma_prev = np.sqrt(1.0 - abar), np.sqrt(1.0 - abar_prev)

@@ -66,7 +66,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
         **({} if low_res is None else {"low_res": low_res.reshape(-1, *low_res.shape[3:])}))
     guide = ""
     if s.guidance == "autoguidance" and not exp.model_config.super_res:
-      guide = f", guided by checkpoint {s.guide_step or 'latest'} of {s.guide_workdir or 'this run'}"
+      which = f"checkpoint {s.guide_step}" if s.guide_step else "the latest checkpoint"
+      guide = f", guided by {which} of {s.guide_workdir or 'this run'}"
     print(f"Wrote {len(scales)} grids, {paths['figure']} and {paths['npz']} (checkpoint step {step}, "
           f"{'EMA' if s.use_ema else 'raw'} parameters{guide}).", flush=True)
   return paths

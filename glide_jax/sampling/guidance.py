@@ -73,33 +73,43 @@ def with_empty_prompt(tokens: jax.Array, mask: jax.Array, pad_id: int) -> tuple[
   return tokens, mask
 
 
+def guided_scales(g: GuidanceInputs, t: jax.Array, ndim: int, dtype: Any) -> jax.Array:
+  """Each row's guidance scale at respaced steps t [B] (1 outside the interval), shaped to broadcast."""
+  active = guidance_active(jnp.asarray(g.diffusion.timestep_map)[t], g.num_timesteps, g.interval)
+  return jnp.where(active, g.scales, 1.0).reshape(-1, *([1] * (ndim - 1))).astype(dtype)
+
+
+def only_where_guided(g: GuidanceInputs, guided: ModelFn, unguided: ModelFn) -> ModelFn:
+  """`guided` at steps where any row is inside the guidance interval, the cheaper `unguided` elsewhere (one
+  compiled branch each); `guided` alone, with no branch, when the interval holds every step."""
+  if g.interval[0] <= 0.0 and g.interval[1] >= 1.0:
+    return guided
+  timestep_map = jnp.asarray(g.diffusion.timestep_map)
+
+  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    any_guided = jnp.any(guidance_active(timestep_map[t], g.num_timesteps, g.interval))
+    return jax.lax.cond(any_guided, guided, unguided, x, t)
+
+  return fn
+
+
 def classifier_free_model_fn(g: GuidanceInputs) -> ModelFn:
   """ε̃ = ε_u + s (ε_c − ε_u) from one forward pass on 2B rows; v from the conditional half. Outside the
   guidance interval the scale is 1, and a step at which no row is guided runs the conditional rows alone
   (B rows: half the work)."""
-  timestep_map = jnp.asarray(g.diffusion.timestep_map)
 
   def guided(x: jax.Array, t: jax.Array) -> jax.Array:
     b, c = x.shape[0], x.shape[-1]
     out = g.denoise(jnp.repeat(x, 2, axis=0), jnp.repeat(t, 2))  # Both halves see the same x_t.
     out = out.reshape(b, 2, *out.shape[1:])
     cond, uncond = out[:, 0], out[:, 1]
-    s = jnp.where(guidance_active(timestep_map[t], g.num_timesteps, g.interval), g.scales, 1.0)
-    s = s.reshape(-1, *([1] * (x.ndim - 1))).astype(out.dtype)
-    eps = uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c])
+    eps = uncond[..., :c] + guided_scales(g, t, x.ndim, out.dtype) * (cond[..., :c] - uncond[..., :c])
     return jnp.concatenate([eps, cond[..., c:]], axis=-1)
-
-  if g.interval[0] <= 0.0 and g.interval[1] >= 1.0:
-    return guided  # Every step is guided: no branch.
 
   def conditional(x: jax.Array, t: jax.Array) -> jax.Array:
     return g.denoise(x, t, rows=slice(0, None, 2))  # The conditional rows of the interleaved text.
 
-  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
-    any_guided = jnp.any(guidance_active(timestep_map[t], g.num_timesteps, g.interval))
-    return jax.lax.cond(any_guided, guided, conditional, x, t)
-
-  return fn
+  return only_where_guided(g, guided, conditional)
 
 
 def autoguidance_model_fn(g: GuidanceInputs) -> ModelFn:
@@ -107,25 +117,15 @@ def autoguidance_model_fn(g: GuidanceInputs) -> ModelFn:
   model m and its guide g (a weaker version of it, `GuidanceInputs.params["guide"]`) both on the prompt, each
   with its own text encoding; v from the model. s = 1 is the model alone, s = 0 the guide alone. Outside the
   guidance interval the model runs alone."""
-  timestep_map = jnp.asarray(g.diffusion.timestep_map)
   guide_text = g.encode("guide")
 
   def guided(x: jax.Array, t: jax.Array) -> jax.Array:
     c = x.shape[-1]
     model, guide = g.denoise(x, t), g.denoise(x, t, params="guide", text=guide_text)
-    s = jnp.where(guidance_active(timestep_map[t], g.num_timesteps, g.interval), g.scales, 1.0)
-    s = s.reshape(-1, *([1] * (x.ndim - 1))).astype(model.dtype)
-    eps = guide[..., :c] + s * (model[..., :c] - guide[..., :c])
+    eps = guide[..., :c] + guided_scales(g, t, x.ndim, model.dtype) * (model[..., :c] - guide[..., :c])
     return jnp.concatenate([eps, model[..., c:]], axis=-1)
 
-  if g.interval[0] <= 0.0 and g.interval[1] >= 1.0:
-    return guided
-
-  def fn(x: jax.Array, t: jax.Array) -> jax.Array:
-    any_guided = jnp.any(guidance_active(timestep_map[t], g.num_timesteps, g.interval))
-    return jax.lax.cond(any_guided, guided, g.denoise, x, t)
-
-  return fn
+  return only_where_guided(g, guided, g.denoise)
 
 
 def conditional_model_fn(g: GuidanceInputs) -> ModelFn:
