@@ -66,7 +66,8 @@ MODE_FLAGS = {
     "convert": (
         flags.DEFINE_enum("model", None, ["base", "upsample", "base-inpaint", "upsample-inpaint"],
                           "--mode=convert: which released GLIDE model the checkpoint is."),
-        flags.DEFINE_string("checkpoint", None, "--mode=convert: the downloaded .pt file (or an .npz of its arrays)."),
+        flags.DEFINE_string("checkpoint", None, "--mode=convert: the downloaded .pt file (or .safetensors, or an "
+                            ".npz of its arrays)."),
     ),
     "benchmark": (
         flags.DEFINE_multi_integer("batch", None, "--mode=benchmark: global batch size(s) to time (default: the "

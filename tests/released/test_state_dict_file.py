@@ -4,6 +4,7 @@ import os
 import pickle
 import zipfile
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -25,6 +26,26 @@ def test_a_pt_state_dict_reads_back_exactly(tmp_path):
   for name, value in state_dict.items():
     assert loaded[name].dtype == value.dtype
     np.testing.assert_array_equal(loaded[name], value)
+
+
+def test_a_safetensors_state_dict_reads_back_exactly_bfloat16_included(tmp_path):
+  from safetensors.numpy import save_file
+
+  rng = np.random.default_rng(1)
+  state_dict = {"out.2.weight": rng.normal(size=(6, 4, 3, 3)).astype(np.float32),
+                "out.2.bias": rng.normal(size=(6,)).astype(ml_dtypes.bfloat16),
+                "steps": np.arange(3, dtype=np.int64)}
+  path = str(tmp_path / "model.safetensors")
+  save_file(state_dict, path, metadata={"format": "pt"})
+  loaded, options = read_state_dict(path)
+  assert options is None and sorted(loaded) == sorted(state_dict)
+  for name, value in state_dict.items():
+    assert loaded[name].dtype == value.dtype
+    np.testing.assert_array_equal(loaded[name], value)
+  with open(path, "rb") as f:
+    (tmp_path / "cut.safetensors").write_bytes(f.read()[:-8])  # The data ends before the header says.
+  with pytest.raises(UserError, match=r"cut\.safetensors is damaged or not a state dict \(SafetensorError: .*download"):
+    read_state_dict(str(tmp_path / "cut.safetensors"))
 
 
 def test_a_pt_that_would_run_code_is_refused_without_running_it(tmp_path):
@@ -77,9 +98,12 @@ def test_npz_layouts_and_bad_files(tmp_path):
     (tmp_path / "cut.pt").write_bytes(f.read()[:os.path.getsize(whole) // 2])  # A download that stopped.
   with pytest.raises(UserError, match=r"cut\.pt is cut off .* the download did not finish\. Download it again"):
     read_state_dict(str(tmp_path / "cut.pt"))
-  (tmp_path / "weights.safetensors").write_text("")
-  with pytest.raises(UserError, match="give a PyTorch .pt file or an .npz"):
-    read_state_dict(str(tmp_path / "weights.safetensors"))
+  (tmp_path / "weights.ckpt").write_text("")
+  with pytest.raises(UserError, match=r"give a PyTorch \.pt file, a \.safetensors file or an \.npz"):
+    read_state_dict(str(tmp_path / "weights.ckpt"))
+  (tmp_path / "empty.safetensors").write_text("")
+  with pytest.raises(UserError, match=r"empty\.safetensors is damaged or not a state dict \(SafetensorError: "):
+    read_state_dict(str(tmp_path / "empty.safetensors"))
   not_a_dict = str(tmp_path / "list.pt")
   write_pt_calling(not_a_dict, "collections", "OrderedDict", "x")  # OrderedDict("x") fails: not a state dict.
   with pytest.raises(UserError, match=r"list\.pt is damaged or not a state dict"):
