@@ -81,8 +81,21 @@ def load_images(spec: str, data_config: ml_collections.ConfigDict) -> EditImages
   if len(sides) > 1:
     raise UserError(f"config.edit.images: the images have different sizes ({sorted(sides)} pixels); give images "
                     f"of one size.")
-  images = data_lib.resize_images(np.stack(arrays), size)
-  return EditImages(images, tuple(paths), None, sides.pop())
+  return EditImages(resize_bicubic(np.stack(arrays), size), tuple(paths), None, sides.pop())
+
+
+def resize_bicubic(images: np.ndarray, size: int) -> np.ndarray:
+  """uint8 [N, H, W, C] to [N, size, size, C] by PIL's bicubic filter, as glide-text2im's inpaint notebook
+  loads an image file. PIL widens the filter by the scale when it shrinks, so a photo larger than the model's
+  size is antialiased rather than aliased. (Dataset images keep the bilinear resize the model trained on.)"""
+  from PIL import Image
+
+  if images.shape[1:3] == (size, size):
+    return images
+  channels = images.shape[-1]
+  resized = [np.asarray(Image.fromarray(image[..., 0] if channels == 1 else image).resize(
+      (size, size), Image.Resampling.BICUBIC)) for image in images]
+  return np.stack(resized).reshape(len(images), size, size, channels)
 
 
 def load_known_mask(spec: str, size: int, source_size: int) -> np.ndarray:
