@@ -98,8 +98,9 @@ def apply_glide_options(config, options: Mapping[str, Any]) -> None:
 
 def glide_config(model: str) -> ml_collections.ConfigDict:
   """The config of a released GLIDE model: its options, GPT-2 tokens, and the sampling settings of
-  glide-text2im's notebooks (guidance 3 and 100 steps for the 64 px models; for the upsamplers "fast27"
-  steps, no guidance and the initial noise at temperature 0.997)."""
+  glide-text2im's notebooks (guidance 3 and 100 DDPM steps for the 64 px models; for the upsamplers "fast27"
+  steps, no guidance, the initial noise at temperature 0.997, and DDIM (η = 0) for `upsample` but DDPM for
+  `upsample-inpaint`)."""
   config = default_config()
   apply_glide_options(config, released_options(model))
   config.data.name = ""  # No dataset: the released models are sampled and edited from prompts and PNGs.
@@ -111,6 +112,9 @@ def glide_config(model: str) -> ml_collections.ConfigDict:
   if config.model.low_res_size:
     s.respacing = "fast27"
     s.upsample_temp = 0.997
+    # text2im.ipynb enlarges with DDIM (η = 0); inpaint.ipynb's second stage runs DDPM (p_sample_loop).
+    s.sampler = "ddpm" if config.model.inpaint else "ddim"
+    s.ddim_eta = 0.0
   else:
     s.respacing = "100"
   config.edit.prompts = "a corgi in a field"
