@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 
 from glide_jax import data as data_lib
-from glide_jax.editing.masks import MASK_NAMES, named_mask
+from glide_jax.editing.masks import MASK_NAMES, named_mask, resize_nearest
 from glide_jax.errors import UserError
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}  # Pillow's modes for grey and colour images.
@@ -111,11 +111,7 @@ def load_known_mask(spec: str, size: int, source_size: int) -> np.ndarray:
     sizes = " or ".join(sorted({f"{s}x{s}" for s in (size, source_size)}))
     raise UserError(f"The mask {path!r} is {grey.shape[1]}x{grey.shape[0]}, but it must be {sizes} "
                     f"(the model's image size, or the images' own).")
-  generate = grey >= 128
-  if generate.shape[0] != size:  # Nearest neighbour: a mask stays a mask.
-    rows = (np.arange(size) + 0.5) * generate.shape[0] / size
-    generate = generate[np.ix_(rows.astype(int), rows.astype(int))]
-  return (~generate).astype(np.float32)[..., None]
+  return (~resize_nearest(grey >= 128, size)).astype(np.float32)[..., None]
 
 
 def edit_method(config: ml_collections.ConfigDict) -> str:

@@ -74,3 +74,11 @@ def known_region_error(edits: np.ndarray, images_uint8: np.ndarray, known: np.nd
   keep = np.broadcast_to((known > 0.5).reshape(n, 1, 1, *known.shape[1:]), edits.shape)
   diff = np.abs(edits.astype(int) - images_uint8.reshape(n, 1, 1, *images_uint8.shape[1:]).astype(int))
   return int(diff[keep].max(initial=0))
+
+
+def resize_nearest(mask: np.ndarray, size: int) -> np.ndarray:
+  """[h, w, ...] to [size, size, ...] by nearest neighbour, so a mask stays a mask (and a 64 px mask
+  enlarged 4x is inpaint.ipynb's F.interpolate(mask, (256, 256), mode="nearest"))."""
+  rows = ((np.arange(size) + 0.5) * mask.shape[0] / size).astype(int)
+  cols = ((np.arange(size) + 0.5) * mask.shape[1] / size).astype(int)
+  return mask[np.ix_(rows, cols)]

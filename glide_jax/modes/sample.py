@@ -7,7 +7,7 @@ images with classifier-free guidance, then the upsampler enlarges each one, cond
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import ml_collections
@@ -89,14 +89,17 @@ def base_experiment(upsampler: Experiment) -> Experiment:
 
 
 def upsample(upsampler: Experiment, params: Any, low_res: np.ndarray, prompts: Sequence[str],
-             rng: jax.Array) -> np.ndarray:
+             rng: jax.Array, images: Optional[np.ndarray] = None, known: Optional[np.ndarray] = None) -> np.ndarray:
   """uint8 [N, H, W, C]: each uint8 image of `low_res` [N, h, w, C] enlarged for its prompt, as
-  glide-text2im does: from the 8-bit images, conditional (no guidance), x_T at config.sample.upsample_temp."""
+  glide-text2im does: from the 8-bit images, conditional (no guidance), x_T at config.sample.upsample_temp,
+  with the upsampler's own sampler. Editing (inpaint.ipynb's second stage): uint8 `images` [N, H, W, C] and
+  `known` [N, H, W, 1] (1 = keep) at the upsampler's size, kept exactly where known."""
   s = upsampler.config.sample
   sampler = upsampler.sampler(params, upsampler.sampler_spec.replace(temperature=s.upsample_temp, guidance="none"))
   tokens, mask = upsampler.tokenizer.tokenize_batch(list(prompts), upsampler.config.model.text_ctx)
+  edit = {} if images is None else {"images": data_lib.to_model_range(images), "known": known}
   flat = batched.sample_in_batches(sampler, tokens, mask, np.ones((len(prompts),), np.float32), rng,
-                                   s.batch_size, upsampler.mesh.size, low_res=data_lib.to_model_range(low_res))
+                                   s.batch_size, upsampler.mesh.size, low_res=data_lib.to_model_range(low_res), **edit)
   return images_lib.to_uint8(flat)
 
 

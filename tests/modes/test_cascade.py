@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from glide_jax import data as data_lib
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
+from glide_jax.model import init_params
+from glide_jax.modes.edit import edit_grid
+from glide_jax.modes.edit import run as edit_and_save
 from glide_jax.modes.eval import run as evaluate
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.sample import upsample
@@ -96,3 +100,64 @@ def test_an_upsampler_without_a_fitting_base_is_a_user_error(cascade):
     sample_and_save(empty, up_dir)
   with pytest.raises(UserError, match="--mode=eval needs a model that generates from prompts"):
     evaluate(config, up_dir)
+
+
+def test_the_upsampler_stage_runs_the_upsamplers_own_sampler_unguided_at_its_temperature(cascade, monkeypatch):
+  """glide-text2im enlarges with DDIM in text2im.ipynb and DDPM in inpaint.ipynb: the stage takes the sampler
+  of the upsampler's config (glide_config sets it per released model), not the base run's."""
+  config, _, up_dir, npz = cascade
+  config = config.copy_and_resolve_references()
+  config.sample.sampler, config.sample.ddim_eta = "ddim", 0.0
+  exp = Experiment(config, up_dir)
+  asked = []
+
+  def spy(params=None, spec=None):
+    asked.append(spec)
+    raise InterruptedError  # Stop before compiling: the spec is what this test checks.
+
+  monkeypatch.setattr(exp, "sampler", spy)
+  with pytest.raises(InterruptedError):
+    upsample(exp, None, npz["low_res"][:1], PROMPTS[:1], jax.random.key(0))
+  assert asked == [SamplerSpec(sampler="ddim", respacing="3", eta=0.0, temperature=0.997, guidance="none")]
+
+
+@pytest.fixture(scope="module")
+def inpainting_upsampler(cascade, tmp_path_factory):
+  """An upsampler that takes the known image and mask (upsample-inpaint's inputs), written as a converted
+  workdir is: parameters alone, here random, since what is tested is the pipeline and the known region."""
+  config = cascade[0].copy_and_resolve_references()
+  config.model.inpaint = True
+  e = config.edit
+  e.images, e.mask, e.prompts, e.guidance_scales = "test:0,5", "bottom", "7", (2.0,)
+  workdir = str(tmp_path_factory.mktemp("upsample_inpaint"))
+  exp = Experiment(config, workdir)
+  exp.write_params(init_params(exp.model, jax.random.key(1)))
+  return config, workdir
+
+
+def test_an_inpainting_upsampler_edits_in_two_stages_keeping_the_known_pixels_at_both_sizes(
+    cascade, inpainting_upsampler, capsys):
+  """inpaint.ipynb: the base run edits at its size, then the upsampler enlarges each edit given the
+  full-size image and the mask enlarged by nearest neighbour."""
+  _, base_dir, _, _ = cascade
+  config, workdir = inpainting_upsampler
+  paths = edit_and_save(config, workdir)
+  with np.load(paths["npz"]) as f:
+    low, edits = f["low_res_edits"], f["edits"]
+  assert low.shape == (2, 1, 1, 16, 16, 1) and edits.shape == (2, 1, 1, 64, 64, 1)
+  test16 = data_lib.load_dataset(tiny.get_config().data, config.data.test_split).images[[0, 5]]
+  test64 = data_lib.load_dataset(config.data, config.data.test_split).images[[0, 5]]
+  np.testing.assert_array_equal(low[:, 0, 0, :8], test16[:, :8])  # The kept top half, exact at both sizes.
+  np.testing.assert_array_equal(edits[:, 0, 0, :32], test64[:, :32])
+  assert not np.array_equal(edits[:, 0, 0, 32:], test64[:, 32:])
+  # The first stage is the base run's own edit, at the edit's guidance scale.
+  base = Experiment.from_workdir(base_dir)
+  params, _ = base.load_params()
+  known = np.ones((2, 16, 16, 1), np.float32)
+  known[:, 8:] = 0
+  expected = edit_grid(base, params, test16, known, ["7"], [2.0],
+                       jax.random.fold_in(stream_key(config.seed, "edit"), 0))
+  np.testing.assert_array_equal(low, expected)
+  out = capsys.readouterr().out
+  assert "by the replacement method (16 px), then the upsampler's inpainting model (64 px)" in out
+  assert "the kept pixels differ from the originals by at most 0 at 16 px and 0 at 64 px at uint8" in out
