@@ -1,10 +1,11 @@
 """Process set-up, before any work: signals, CPU devices (before JAX starts) and the multi-host runtime.
 
-This module imports JAX only inside `initialize_distributed`, so `use_all_cpu_cores` can run first.
+This module imports JAX only inside the functions that need it, so `use_all_cpu_cores` can run first.
 """
 
 import logging
 import os
+import platform
 import signal
 import sys
 import warnings
@@ -93,6 +94,39 @@ def quiet_library_noise() -> None:
   # is raised to the training loop, which reports it (a full disk: one `error:` paragraph).
   logging.getLogger("absl").addFilter(
       lambda record: not (record.levelno >= logging.ERROR and record.getMessage().startswith("[process=")))
+
+
+def describe_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> str:
+  """The host CPU as timings should name it: its model name, usable cores, and whether it has AVX-512.
+
+  XLA:CPU's speed differs several-fold between CPUs with and without AVX-512 at the same core count, so a
+  figure without this is not comparable. Reads Linux's /proc/cpuinfo; elsewhere, what `platform` knows.
+  """
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+  name, flags = "", None
+  try:
+    with open(cpuinfo_path) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and not name:
+          name = value.strip()
+        elif key.strip() == "flags" and flags is None:
+          flags = value.split()
+  except OSError:
+    pass
+  name = name or platform.processor() or platform.machine() or "unknown CPU"
+  vector = "" if flags is None else (", avx512f" if "avx512f" in flags else ", no avx512f")
+  return f"{name}, {cores} core{'s' if cores != 1 else ''}{vector}"
+
+
+def describe_machine() -> str:
+  """What ran a figure: the CPU (describe_cpu) and, on an accelerator, the devices JAX uses beside it."""
+  import jax
+
+  devices = jax.devices()
+  if devices[0].platform == "cpu":
+    return f"CPU: {describe_cpu()} ({len(devices)} JAX device{'s' if len(devices) != 1 else ''})"
+  return f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform.upper()}); host CPU: {describe_cpu()}"
 
 
 CACHE_ENV = "GLIDE_JAX_CACHE_DIR"

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from glide_jax.runtime import CPU_MEMORY_SCHEDULER, use_all_cpu_cores
+from glide_jax.runtime import CPU_MEMORY_SCHEDULER, describe_cpu, describe_machine, use_all_cpu_cores
 from helpers.paths import REPO
 
 # Compiles one small program and prints where the cache is and how many cache hits and misses it saw.
@@ -78,3 +78,16 @@ def test_use_all_cpu_cores_adds_a_device_per_core_and_the_memory_scheduler_unles
   monkeypatch.setenv("GLIDE_HOST_DEVICES", "0")
   use_all_cpu_cores()
   assert os.environ["XLA_FLAGS"] == CPU_MEMORY_SCHEDULER
+
+
+def test_the_machine_is_named_by_cpu_model_cores_and_avx512(tmp_path, monkeypatch):
+  """Timings name their CPU: XLA:CPU's speed differs several-fold with and without AVX-512."""
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse avx2 avx512f avx512bw\n\n"
+                  "processor\t: 1\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+  assert describe_cpu(str(info)) == "AMD EPYC 9B14, 2 cores, avx512f"
+  info.write_text("model name\t: AMD EPYC\nflags\t\t: fpu sse avx2\n")
+  assert describe_cpu(str(info)) == "AMD EPYC, 2 cores, no avx512f"
+  assert describe_cpu(str(tmp_path / "missing")).endswith(", 2 cores")  # Not Linux: what `platform` knows.
+  assert describe_machine().startswith(f"CPU: {describe_cpu()} (") and "JAX device" in describe_machine()

@@ -22,6 +22,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
+from glide_jax import runtime
 from glide_jax import sharding as sharding_lib
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
@@ -215,6 +216,8 @@ def run(config, workdir: Optional[str] = None, batch: Optional[list[int]] = None
   prints a line each and returns (and, with `json`, writes) the figures. The workdir is not used."""
   del workdir
   check_options(batch, sample_batch, sample_steps, steps, json, peak_tflops)
+  machine = runtime.describe_machine()
+  print(f"on {machine}", flush=True)
   results, sampling = [], []
   for size in ([] if skip_train else batch or [config.train.batch_size]):
     results.append(time_train_step(config.copy_and_resolve_references(), size, steps, synthetic, peak_tflops))
@@ -235,7 +238,7 @@ def run(config, workdir: Optional[str] = None, batch: Optional[list[int]] = None
           f"{r['samples_per_s_1000_steps']:7.3f} samples/s at 1000 steps | peak RSS {r['peak_rss_gb']:.2f} GB"
           f"{device_memory(r)}",
           flush=True)
-  figures = {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+  figures = {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind, "machine": machine,
              "train": results, "sampling": sampling}
   if json:
     with open(json, "w") as f:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from glide_jax import runtime
 from glide_jax.errors import UserError
 from glide_jax.modes import benchmark
 from glide_jax.modes.benchmark import chip_peak_tflops, compiled_op_count
@@ -69,6 +70,7 @@ def test_the_benchmark_times_the_train_step_and_sampling_of_a_config(tmp_path):
   assert train["model_flops_per_step"] > 0 and train["compiled_ops"] > 0 and train["mfu"] is None  # A CPU.
   (sampling,) = figures["sampling"]
   assert sampling["samples"] == 2 and sampling["sample_step_s"] > 0
+  assert figures["machine"] == runtime.describe_machine()  # Every figure names its CPU.
   with open(out) as f:
     assert json.load(f) == figures
 
