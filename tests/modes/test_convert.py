@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from glide_jax.editing.inputs import resize_bicubic
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.modes import convert as convert_mode
 from glide_jax.modes.convert import config_for, convert_checkpoint
 from glide_jax.modes.edit import run as edit_and_save
 from glide_jax.modes.sample import run as sample_and_save
+from glide_jax.modes.sample import upsample
 from glide_jax.released.keymap import convert_state_dict
 from glide_jax.released.state_dict_file import read_state_dict
 from helpers.paths import REPO
@@ -91,6 +93,28 @@ def test_a_converted_inpainting_model_edits_a_png(tmp_path):
   assert edits.shape == (1, 1, 1, 16, 16, 3)
   np.testing.assert_array_equal(edits[0, 0, 0, :8], photo[:8])  # The kept top half, exactly.
   assert not np.array_equal(edits[0, 0, 0, 8:], photo[8:])
+
+
+@needs_goldens
+def test_the_converted_upsample_inpaint_model_enlarges_an_edit_keeping_the_known_pixels(tmp_path):
+  """inpaint.ipynb's second stage on the converted golden (4 -> 16 px): the low-res edit, the full-size image
+  and the mask as inputs, DDPM as the notebook; the known half comes back exactly."""
+  state_dict, options = read_state_dict(GOLDEN_BASE.replace("base.npz", "upsample-inpaint.npz"))
+  config = config_for("upsample-inpaint", options)
+  assert config.model.inpaint and config.model.low_res_size == 4 and config.sample.sampler == "ddpm"
+  workdir = str(tmp_path / "upsample-inpaint")
+  assert convert_checkpoint(config, state_dict, workdir) > 0
+  config.sample.respacing = "2"
+  exp = Experiment(config, workdir)
+  params, _ = exp.load_params()
+  photo = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+  known = np.ones((1, 16, 16, 1), np.float32)
+  known[:, 8:] = 0
+  enlarged = upsample(exp, params, resize_bicubic(photo, 4), ["a corgi"], jax.random.key(0), images=photo,
+                      known=known)
+  assert enlarged.shape == (1, 16, 16, 3)
+  np.testing.assert_array_equal(enlarged[:, :8], photo[:, :8])
+  assert not np.array_equal(enlarged[:, 8:], photo[:, 8:])
 
 
 @needs_goldens
