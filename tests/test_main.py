@@ -324,15 +324,28 @@ def test_the_package_is_importable_from_anywhere_once_installed(tmp_path):
   assert result.stdout.strip() == os.path.join(REPO, "glide_jax", "__init__.py")
 
 
-@pytest.mark.parametrize("host_devices,used", [(3, 2), (6, 4)])
+# configs/mnist_cpu.py's batch of 32 in microbatches of 16, learning-rate schedule, min-SNR weighting and EMA
+# as committed; only the model and images are the tiny config's, so each device count compiles in seconds.
+MNIST_CPU_AT_TINY_SIZE = ("--config=configs/mnist_cpu.py", "--config.data.train_split=train[:512]",
+                          "--config.data.image_size=16", "--config.model.channel_mult=(1, 2)",
+                          "--config.model.num_res_blocks=1", "--config.model.text_ctx=8", "--config.model.xf_layers=1",
+                          "--config.train.num_steps=2", "--config.train.checkpoint_every=2",
+                          "--config.train.sample_every=0")
+
+
+@pytest.mark.parametrize("host_devices,used", [(1, 1), (3, 2), (6, 4), (12, 8)])
 def test_any_core_count_trains_on_the_devices_the_batch_splits_over(tmp_path, host_devices, used):
-  """One CPU device per core: the tiny config's batch of 16 splits over 2 of 3 cores' devices and 4 of 6."""
+  """One CPU device per core, as on a laptop of 1, 3, 6 or 12 cores: mnist_cpu's microbatch of 16 splits over
+  1, 2, 4 and 8 of them, and a run that leaves devices idle says so in its first line."""
   env = dict(main_env(), XLA_FLAGS=xla_flags(host_devices))
-  result = main_server().run(main_cmd(tmp_path / "run", "--config.train.num_steps=2")[2:], env=env)
+  result = main_server().run([f"--workdir={tmp_path / 'run'}", *MNIST_CPU_AT_TINY_SIZE], env=env)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.splitlines()[0] == (f"Using {used} of the {host_devices} devices: config.train.batch_size = 16 "
-                                           f"examples split evenly over {used}; a multiple of {host_devices} would "
-                                           f"use them all."), result.stdout
+  first = result.stdout.splitlines()[0] if result.stdout else ""
+  if used == host_devices:
+    assert not first.startswith("Using"), result.stdout
+  else:
+    assert first == (f"Using {used} of the {host_devices} devices: config.train.microbatch_size = 16 examples split "
+                     f"evenly over {used}; a multiple of {host_devices} would use them all."), result.stdout
   assert checkpoint_steps(tmp_path / "run") == [2]
 
 
