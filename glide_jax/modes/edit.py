@@ -41,15 +41,15 @@ def edit_grid(exp: Experiment, params, images_uint8: np.ndarray, known: np.ndarr
   return images_lib.to_uint8(flat).reshape(n, p, k, *flat.shape[1:])
 
 
-def edit_cascade(upsampler: Experiment, base: Experiment, images_spec: str, known_low: np.ndarray,
-                 prompts: list[str], scales: list[float],
+def edit_cascade(upsampler: Experiment, base: Experiment, images_spec: str, images: np.ndarray,
+                 known_low: np.ndarray, prompts: list[str], scales: list[float],
                  rng: jax.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
   """The two stages of glide-text2im's inpaint notebook: uint8 (the images at the base size [N, h, w, C],
   their base edits [N, P, S, h, w, C], the enlargements [N, P, S, H, W, C], the upsampler's step).
 
-  The base run edits the images (read from the files at its size) under `known_low` [h, w, 1], guided; the
-  upsampler enlarges each edit, unguided, given the full-size image and the mask enlarged by nearest
-  neighbour. One model's parameters are in memory at a time."""
+  The base run edits the images (read again from `images_spec` at its size) under `known_low` [h, w, 1],
+  guided; the upsampler enlarges each edit, unguided, given the full-size `images` [N, H, W, C] and the mask
+  enlarged by nearest neighbour. One model's parameters are in memory at a time."""
   upsampler.require_checkpoint()  # Before the base stage's work.
   low_data = upsampler.config.data.copy_and_resolve_references()
   low_data.image_size = base.model_config.image_size
@@ -58,7 +58,6 @@ def edit_cascade(upsampler: Experiment, base: Experiment, images_spec: str, know
   low = edit_grid(base, base_params, low_images, np.broadcast_to(known_low, (len(low_images), *known_low.shape)),
                   prompts, scales, jax.random.fold_in(rng, 0))
   del base_params
-  images = load_images(images_spec, upsampler.config.data).images
   known = resize_nearest(known_low, upsampler.model_config.image_size)
   n, p, k = low.shape[:3]
   image_of_row, prompt_of_row = np.repeat(np.arange(n), p * k), np.tile(np.repeat(np.arange(p), k), n)
@@ -94,7 +93,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     low, edits = None, edit_grid(exp, params, sources.images, known, prompts, scales, rng)
     method = edit_method(config)
   else:
-    low_images, low, edits, step = edit_cascade(exp, base, e.images, known_low, prompts, scales, rng)
+    low_images, low, edits, step = edit_cascade(exp, base, e.images, sources.images, known_low, prompts,
+                                                scales, rng)
     method = (f"{edit_method(base.config)} ({mask_size} px), then the upsampler's {edit_method(config)} "
               f"({config.data.image_size} px)")
   kept = f"{known_region_error(edits, sources.images, known)}"
