@@ -23,6 +23,8 @@ from glide_jax.sampling.guidance import GUIDANCE
 from glide_jax.sampling.prompts import read_prompt_file, split_prompts
 from glide_jax.train.lr_schedules import LR_SCHEDULES
 
+DATA_SOURCES = ("tfds", "folder")
+
 
 def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
   """How many microbatches train.microbatch_size splits each batch into (1 when it is 0)."""
@@ -36,6 +38,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
+  # "tfds": the TFDS dataset data.name; "folder": the images and captions.jsonl in data.folder (README, "Train
+  # on your own captions"), whose one split "train" the split strings slice, e.g. "train[:90%]".
+  c.data.source = "tfds"
+  c.data.folder = ""
   c.data.name = "mnist"            # Any TFDS image dataset with an `image` and a ClassLabel `label`; "" = none
                                    # (a released GLIDE model: sampled and edited from prompts and PNGs).
   c.data.data_dir = ""             # "" = $TFDS_DATA_DIR, else TFDS's default directory.
@@ -51,6 +57,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Prompt templates, one chosen at random per example: {name} = the class's word ("seven"),
   # {label} = its index as a numeral ("7").
   c.data.prompt_templates = ("{name}", "{label}")
+  # A TFDS dataset of image–caption pairs: its text feature ("a/b" for a nested one; a sequence of texts gives
+  # several captions per image), used as the prompts instead of labels and templates; "" = classes.
+  c.data.caption_feature = ""
+  c.data.image_feature = "image"
 
   c.model = ml_collections.ConfigDict()
   c.model.model_channels = 128
@@ -221,6 +231,18 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
+  if d.source not in DATA_SOURCES:
+    _fail("data.source", d.source, f"choose one of {DATA_SOURCES}.")
+  if not isinstance(d.folder, str) or (d.source == "folder" and not d.folder.strip()):
+    _fail("data.folder", d.folder, "give the folder that holds the images and their captions.jsonl (with "
+          "--config.data.source=folder).")
+  for name in ("caption_feature", "image_feature"):
+    if not isinstance(d[name], str):
+      _fail(f"data.{name}", d[name], "give a TFDS feature name, e.g. 'caption' or 'captions/text'.")
+  if d.caption_feature and not d.image_feature:
+    _fail("data.image_feature", d.image_feature, "give the TFDS feature that holds the images, e.g. 'image'.")
+  if d.source == "tfds" and d.caption_feature and not d.name:
+    _fail("data.caption_feature", d.caption_feature, "it names a feature of data.name's dataset; set data.name.")
   if not isinstance(d.name, str):
     _fail("data.name", d.name, "give a TFDS name, e.g. 'mnist', or '' for none.")
   for name in ("train_split", "test_split"):

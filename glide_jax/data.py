@@ -1,6 +1,7 @@
-"""Image-and-prompt batches from TensorFlow Datasets, as a pure function of (seed, step).
+"""Image-and-prompt batches, as a pure function of (seed, step): TFDS classes with prompt templates, or
+image–caption pairs (`caption_data`: a caption folder, or a TFDS dataset with a text feature).
 
-A split is read once through `tfds.data_source` (no TensorFlow needed), resized and kept in memory as
+A TFDS split is read once through `tfds.data_source` (no TensorFlow needed), resized and kept in memory as
 uint8. Batch `step` takes its examples from an epoch-wise permutation seeded by (seed, epoch), so a
 resumed run and every host see exactly the examples an uninterrupted single-host run would.
 """
@@ -14,7 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from glide_jax import data_prepare
+from glide_jax import caption_data, data_prepare
+from glide_jax.caption_data import CaptionDataset
 from glide_jax.errors import UserError
 from glide_jax.model.tokenizer import Tokenizer
 
@@ -31,6 +33,10 @@ class ImageDataset:
 
   def __len__(self) -> int:
     return len(self.labels)
+
+  def sample_prompts(self) -> list[str]:
+    """One prompt per class (its word): what training's sample grids draw."""
+    return list(self.class_names)
 
 
 def resolve_data_dir(data_dir: str = "") -> str:
@@ -116,7 +122,7 @@ def class_names_of(data_config) -> tuple[str, ...]:
   datasets learn their names when they are prepared (CIFAR-10's come from its download), so they are
   prepared first.
   """
-  if not data_config.name:
+  if is_captioned(data_config) or not data_config.name:
     return ()
   name, data_dir = data_config.name, resolve_data_dir(data_config.data_dir)
   builder = _builder(name, data_dir)
@@ -142,29 +148,36 @@ def _read_all(source) -> list[dict]:
     return [source[k] for k in keys]
 
 
-@functools.lru_cache(maxsize=8)
-def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, download: bool = True,
-               download_url: str = "", checksums_file: str = "") -> ImageDataset:
-  """Reads a TFDS split into memory (cached per process), resized to image_size; prepares the dataset
-  first where it is missing and `download` is on."""
+def _read_split(name: str, split: str, data_dir: str) -> list[dict]:
+  """Every example of a prepared TFDS split (data_dir resolved); a UserError for a bad split or damaged files."""
   import tensorflow_datasets as tfds
-
-  data_dir = resolve_data_dir(data_dir)
-  builder = prepared_builder(name, data_dir, download, download_url, checksums_file)
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except ValueError as e:
-    raise UserError(f"Cannot read split {split!r} of {name!r}: {e}. Use a TFDS split such as 'train' or "
-                    f"'train[:2048]' in config.data.train_split / test_split.") from None
+    raise UserError(f"Cannot read split {split!r} of {name!r}: {str(e).rstrip('.')}. Use a TFDS split such as "
+                    f"'train' or 'train[:2048]' in config.data.train_split / test_split.") from None
   except Exception as e:
     raise _damaged_dataset_error(name, data_dir, e) from None
   if len(source) == 0:
     raise UserError(f"Split {split!r} of {name!r} under {data_dir!r} is empty.")
   try:
-    examples = _read_all(source)
+    return _read_all(source)
+  except Exception as e:  # Truncated or overwritten array_record files: RuntimeError from Riegeli, and others.
+    raise _damaged_dataset_error(name, data_dir, e) from None
+
+
+@functools.lru_cache(maxsize=8)
+def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, download: bool = True,
+               download_url: str = "", checksums_file: str = "") -> ImageDataset:
+  """Reads a TFDS split into memory (cached per process), resized to image_size; prepares the dataset
+  first where it is missing and `download` is on."""
+  data_dir = resolve_data_dir(data_dir)
+  builder = prepared_builder(name, data_dir, download, download_url, checksums_file)
+  examples = _read_split(name, split, data_dir)
+  try:
     images = np.stack([ex["image"] for ex in examples])
     labels = np.array([ex["label"] for ex in examples], dtype=np.int32)
-  except Exception as e:  # Truncated or overwritten array_record files: RuntimeError from Riegeli, and others.
+  except Exception as e:  # Examples that do not decode: damaged files.
     raise _damaged_dataset_error(name, data_dir, e) from None
   if images.ndim == 3:
     images = images[..., None]
@@ -172,14 +185,45 @@ def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, 
   return ImageDataset(resize_images(images, image_size), labels, class_names)
 
 
-def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset:
-  """The train split (or `split`) that `config.data` names, checked against its channel count."""
+def is_captioned(data_config) -> bool:
+  """Whether config.data holds image–caption pairs (a caption folder or a TFDS text feature), not classes."""
+  return data_config.source == "folder" or bool(data_config.caption_feature)
+
+
+def require_classes(data_config, what: str) -> None:
+  """A UserError when `what` (e.g. "--mode=eval") needs class labels and config.data has captions."""
+  if is_captioned(data_config):
+    source = (f"the caption folder {data_config.folder}" if data_config.source == "folder"
+              else f"{data_config.name!r}'s captions ({data_config.caption_feature!r})")
+    raise UserError(f"{what} scores samples with a classifier of the dataset's classes, and this config trains on "
+                    f"{source}, which has none. Sample with --mode=sample and --config.sample.prompts instead.")
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tfds_captions(name: str, split: str, data_dir: str, image_size: int, image_feature: str,
+                        caption_feature: str, download: bool) -> CaptionDataset:
+  data_dir = resolve_data_dir(data_dir)
+  prepared_builder(name, data_dir, download)
+  examples = _read_split(name, split, data_dir)
+  return caption_data.tfds_captions(examples, name, split, image_feature, caption_feature, image_size)
+
+
+def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset | CaptionDataset:
+  """The train split (or `split`) that `config.data` names, checked against its channel count: classes
+  (ImageDataset), or image–caption pairs (CaptionDataset) from a caption folder or a TFDS text feature."""
+  split = split or data_config.train_split
+  if data_config.source == "folder":
+    return caption_data.load_folder(data_config.folder, split, data_config.image_size, data_config.channels)
   if not data_config.name:
     raise UserError("config.data.name is '': this config has no dataset (a released GLIDE model is sampled and "
                     "edited, not trained or evaluated here). Give PNG paths to --mode=edit, or set "
                     "--config.data.name to a TFDS dataset.")
-  ds = load_split(data_config.name, split or data_config.train_split, data_config.data_dir, data_config.image_size,
-                  data_config.download, data_config.download_url, data_config.download_checksums)
+  if data_config.caption_feature:
+    ds = _load_tfds_captions(data_config.name, split, data_config.data_dir, data_config.image_size,
+                             data_config.image_feature, data_config.caption_feature, data_config.download)
+  else:
+    ds = load_split(data_config.name, split, data_config.data_dir, data_config.image_size, data_config.download,
+                    data_config.download_url, data_config.download_checksums)
   if ds.images.shape[-1] != data_config.channels:
     raise UserError(f"{data_config.name!r} images have {ds.images.shape[-1]} channel(s) but config.data.channels "
                     f"is {data_config.channels}; set --config.data.channels={ds.images.shape[-1]}.")
@@ -202,26 +246,36 @@ def to_model_range(images_uint8: np.ndarray) -> np.ndarray:
 
 
 class BatchSource:
-  """Batch `step` of a run as a pure function of (seed, step); a process takes its own slice of it."""
+  """Batch `step` of a run as a pure function of (seed, step); a process takes its own slice of it.
 
-  def __init__(self, dataset: ImageDataset, tokenizer: Tokenizer, text_ctx: int, templates: Sequence[str],
-               global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
+  Each example's prompt is drawn per step as well: one of the prompt templates filled with its class, or
+  one of its captions.
+  """
+
+  def __init__(self, dataset: ImageDataset | CaptionDataset, tokenizer: Tokenizer, text_ctx: int,
+               templates: Sequence[str], global_batch: int, seed: int, process_index: int = 0,
+               process_count: int = 1):
     if global_batch > len(dataset):
       raise UserError(f"config.train.batch_size = {global_batch} is larger than the dataset ({len(dataset)} "
                       f"examples); lower it or use a larger split.")
     if global_batch % process_count:
       raise UserError(f"config.train.batch_size = {global_batch} does not split over {process_count} processes.")
     self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
+    self.tokenizer, self.text_ctx = tokenizer, text_ctx
     self.local_batch = global_batch // process_count
     self.local_slice = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
     self.steps_per_epoch = len(dataset) // global_batch
+    self._perm_epoch, self._perm = -1, None
+    if isinstance(dataset, CaptionDataset):
+      caption_data.check_caption_lengths(dataset, tokenizer.encode, text_ctx)
+      self._num_captions = np.array([len(c) for c in dataset.captions])
+      return
     self.num_templates = len(templates)
     table = prompt_table(dataset.class_names, templates)
     flat = [p for row in table for p in row]
     tokens, mask = tokenizer.tokenize_batch(flat, text_ctx)
     shape = (len(table), len(templates), text_ctx)
     self._tokens, self._mask = tokens.reshape(shape), mask.reshape(shape)
-    self._perm_epoch, self._perm = -1, None
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch != self._perm_epoch:
@@ -236,13 +290,25 @@ class BatchSource:
   def template_choices(self, step: int) -> np.ndarray:
     return np.random.default_rng([self.seed, step, 1]).integers(0, self.num_templates, self.global_batch)
 
+  def caption_choices(self, step: int, indices: np.ndarray) -> np.ndarray:
+    """Which caption of each example of batch `step` (its global `indices`) is its prompt."""
+    u = np.random.default_rng([self.seed, step, 1]).random(self.global_batch)
+    return np.minimum((u * self._num_captions[indices]).astype(np.int64), self._num_captions[indices] - 1)
+
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """This process's part of batch `step`: images [b,H,W,C] in [−1,1], tokens [b,L] and mask [b,L]."""
-    idx = self.global_indices(step)[self.local_slice]
-    labels = self.dataset.labels[idx]
-    choice = self.template_choices(step)[self.local_slice]
-    return {
-        "images": to_model_range(self.dataset.images[idx]),
-        "tokens": self._tokens[labels, choice],
-        "mask": self._mask[labels, choice],
-    }
+    global_idx = self.global_indices(step)
+    idx = global_idx[self.local_slice]
+    # Sorted reads: a memory-mapped caption folder is read front to back, not at random.
+    order = np.argsort(idx, kind="stable")
+    images = np.empty((len(idx),) + self.dataset.images.shape[1:], np.uint8)
+    images[order] = self.dataset.images[idx[order]]
+    if isinstance(self.dataset, CaptionDataset):
+      choice = self.caption_choices(step, global_idx)[self.local_slice]
+      prompts = [self.dataset.captions[i][c] for i, c in zip(idx, choice)]
+      tokens, mask = self.tokenizer.tokenize_batch(prompts, self.text_ctx)
+    else:
+      labels = self.dataset.labels[idx]
+      choice = self.template_choices(step)[self.local_slice]
+      tokens, mask = self._tokens[labels, choice], self._mask[labels, choice]
+    return {"images": to_model_range(images), "tokens": tokens, "mask": mask}

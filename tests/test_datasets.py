@@ -1,5 +1,6 @@
 """Other TFDS datasets end to end on tfds.testing.mock_data (no download): Fashion-MNIST (1 channel) and
-CIFAR-10 (3 channels, RGB outputs) train two steps, sample and evaluate with their configs' data settings."""
+CIFAR-10 (3 channels, RGB outputs) train two steps, sample and evaluate with their configs' data settings; a
+dataset of images and texts gives its captions as prompts."""
 
 import json
 import os
@@ -11,12 +12,33 @@ from PIL import Image
 
 from configs import cifar10, fashion_mnist_cpu, tiny
 from glide_jax import data as data_lib
+from glide_jax.caption_data import CaptionDataset, texts_of
+from glide_jax.errors import UserError
+from glide_jax.model.tokenizer import get_tokenizer
 from glide_jax.modes.eval import run as evaluate
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.train import run as train
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_EXAMPLES = 64
+
+
+class CaptionedShapes(tfds.core.GeneratorBasedBuilder):
+  """A dataset of photos with several captions each and a title, in the layout of TFDS's captioned sets."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "photo": tfds.features.Image(shape=(20, 24, 3)),
+        "captions": tfds.features.Sequence({"text": tfds.features.Text()}),
+        "title": tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    raise NotImplementedError("mocked")
+
+  def _generate_examples(self):
+    raise NotImplementedError("mocked")
 
 
 def write_tfds_metadata(data_dir: str, name: str, label_names=None) -> None:
@@ -113,3 +135,30 @@ def test_evaluation_reports_every_scale_with_the_dataset_class_names(run):
   for r in report["results"]:
     assert r["num_samples"] == 10 * 2 and 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["fid"])
   assert os.path.isfile(os.path.join(workdir, "eval", "eval.png"))
+
+
+def test_a_tfds_dataset_of_images_and_texts_gives_every_caption_of_each_image(tmp_path):
+  config = tiny.get_config()
+  config.data.name, config.data.data_dir, config.data.download = "captioned_shapes", str(tmp_path), False
+  config.data.train_split = "train"
+  config.data.image_feature, config.data.caption_feature, config.data.channels = "photo", "captions/text", 3
+  write_tfds_metadata(str(tmp_path), "captioned_shapes")
+  with tfds.testing.mock_data(num_examples=NUM_EXAMPLES, policy=tfds.testing.MockPolicy.USE_FILES,
+                              data_dir=str(tmp_path)):
+    examples = [tfds.data_source("captioned_shapes", split="train", data_dir=str(tmp_path))[i] for i in range(3)]
+    ds = data_lib.load_dataset(config.data)
+    config.data.caption_feature = "title"
+    titles = data_lib.load_dataset(config.data)
+    config.data.caption_feature = "caption"
+    with pytest.raises(UserError, match=r"example 0 has no feature 'caption' .*its features are \['captions', "
+                                        r"'photo', 'title'\]"):
+      data_lib.load_dataset(config.data)
+  assert isinstance(ds, CaptionDataset) and ds.images.shape == (NUM_EXAMPLES, 16, 16, 3)
+  for i, example in enumerate(examples):
+    assert ds.captions[i] == tuple(t for t in texts_of(example["captions"]["text"]) if t)
+    assert titles.captions[i] == texts_of(example["title"])
+  assert max(len(c) for c in ds.captions) > 1 and ds.origins[1][0] == "captioned_shapes split 'train' example 1"
+  batch = data_lib.BatchSource(ds, get_tokenizer("byte"), 64, ("{name}",), 8, seed=0)(0)
+  texts = [bytes(t[m].tolist()).decode() for t, m in zip(batch["tokens"], batch["mask"])]
+  chosen = data_lib.BatchSource(ds, get_tokenizer("byte"), 64, ("{name}",), 8, seed=0).global_indices(0)
+  assert all(text in ds.captions[i] for i, text in zip(chosen, texts))

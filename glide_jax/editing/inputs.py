@@ -74,7 +74,8 @@ def load_images(spec: str, data_config: ml_collections.ConfigDict) -> EditImages
     if bad:
       raise UserError(f"config.edit.images: {data_config.test_split!r} has {len(test)} examples (0 to "
                       f"{len(test) - 1}); {bad} are outside it.")
-    return EditImages(test.images[indices], tuple(f"test:{i}" for i in indices), test.labels[indices], size)
+    labels = test.labels[indices] if isinstance(test, data_lib.ImageDataset) else np.full(len(indices), -1)
+    return EditImages(np.asarray(test.images[indices]), tuple(f"test:{i}" for i in indices), labels, size)
   paths = [os.path.expanduser(p.strip()) for p in spec.split(",") if p.strip()]
   arrays = [read_image_png(p, data_config.channels) for p in paths]
   sides = {a.shape[0] for a in arrays}

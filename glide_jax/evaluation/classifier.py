@@ -137,6 +137,7 @@ def train_classifier(data_config: ml_collections.ConfigDict, seed: int = 0, step
   if steps < 1 or batch_size < 1 or not learning_rate > 0:
     raise UserError(f"The classifier needs steps >= 1, batch_size >= 1 and a positive learning rate "
                     f"(got {steps}, {batch_size}, {learning_rate}); see config.eval.classifier_*.")
+  data_lib.require_classes(data_config, "The evaluation classifier")
   start_time = time.perf_counter()
   train = data_lib.load_dataset(data_config, train_split)
   test = data_lib.load_dataset(data_config, test_split)

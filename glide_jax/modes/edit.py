@@ -85,7 +85,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   known = np.broadcast_to(known_one, (len(sources.images), *known_one.shape)).copy()
   prompts = split_prompts(e.prompts) if e.prompts.strip() else list(exp.class_names())
   if not prompts:
-    raise UserError("This config has no dataset, so no class prompts: give --config.edit.prompts (comma-separated).")
+    raise UserError("This config has no classes to prompt with (no dataset, or captions): give --config.edit.prompts "
+                    "(comma-separated).")
   scales = guidance_scales(e)
   rng = stream_key(config.seed, "edit")
   if base is None:

@@ -39,6 +39,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples and scores every guidance scale from workdir's latest checkpoint; returns the report
   written to workdir/eval/eval.json (or config.eval.output_dir) and plotted in eval.png. An inpainting run's
   edits are evaluated instead (evaluate_edit)."""
+  data_lib.require_classes(config.data, "--mode=eval")
   if config.model.inpaint:
     return eval_edit.run(config, workdir)
   exp = Experiment(config, workdir)

@@ -66,6 +66,7 @@ def check_base_run(base: Experiment, source: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Edits and scores the test digits with every method and scale; returns the report it writes."""
+  data_lib.require_classes(config.data, "--mode=eval_edit")
   runs = methods_to_compare(config, workdir)
   runs[0][1].require_not_upsampler("--mode=eval_edit")
   workdir = runs[0][1].open_workdir(create=False)

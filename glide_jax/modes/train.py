@@ -34,10 +34,11 @@ def _progress_bar(start: int, total: int):
 
 
 class TrainingSampler:
-  """Writes a one-per-class sample grid (EMA parameters) to workdir/samples and TensorBoard."""
+  """Writes a sample grid (EMA parameters; one per class, or the data's first captions) to workdir/samples and
+  TensorBoard."""
 
-  def __init__(self, exp: Experiment, class_names, workdir: str):
-    self.exp, self.prompts = exp, list(class_names)
+  def __init__(self, exp: Experiment, prompts: list[str], workdir: str):
+    self.exp, self.prompts = exp, list(prompts)
     self.sampler = exp.sampler(spec=SamplerSpec(respacing=exp.config.train.sample_respacing))
     self.out_dir = os.path.join(workdir, "samples")
 
@@ -146,7 +147,7 @@ def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batche
   """The loop from step `start` to num_steps: steps, checkpoints, metrics, sample grids and clean stops."""
   config, t = exp.config, exp.config.train
   is_main = jax.process_index() == 0
-  sampler = TrainingSampler(exp, batches.dataset.class_names, workdir) if t.sample_every else None
+  sampler = TrainingSampler(exp, batches.dataset.sample_prompts(), workdir) if t.sample_every else None
   train_rng = exp.train_rng
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)

@@ -35,8 +35,8 @@ def parse_prompts(sample_config: ml_collections.ConfigDict, class_names: Sequenc
     return read_prompt_file(sample_config.prompt_file)
   prompts = split_prompts(sample_config.prompts) or list(class_names)
   if not prompts:
-    raise UserError("This config has no dataset, so no class prompts: give --config.sample.prompts (comma-"
-                    "separated) or --config.sample.prompt_file.")
+    raise UserError("This config has no classes to prompt with (no dataset, or captions): give "
+                    "--config.sample.prompts (comma-separated) or --config.sample.prompt_file.")
   return prompts
 
 
