@@ -1,6 +1,7 @@
 """python -m glide_jax.convert: a glide-text2im checkpoint file → a workdir that sampling uses; bad files
 and workdirs are refused with exit 2, writing nothing."""
 
+import json
 import os
 
 import jax
@@ -17,6 +18,7 @@ from glide_jax.modes.convert import config_for, convert_checkpoint
 from glide_jax.modes.edit import run as edit_and_save
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.sample import upsample
+from glide_jax.modes.train import run as train
 from glide_jax.released.keymap import convert_state_dict
 from glide_jax.released.state_dict_file import read_state_dict
 from helpers.paths import REPO
@@ -73,6 +75,40 @@ def test_sampling_uses_the_converted_workdir(converted):
   with np.load(sample_and_save(config, workdir)["npz"]) as f:
     assert f["images"].shape == (1, 16, 16, 3) and f["prompts"].tolist() == ["an oil painting of a corgi"]
     assert int(f["step"]) == 0
+
+
+@needs_goldens
+def test_a_converted_model_fine_tunes_on_a_caption_folder_with_init_from(converted, tmp_path, monkeypatch, capsys):
+  """README, "Fine-tune a released model on your captions": the converted workdir stays as it was, the new run
+  starts from its parameters, trains on 20 captioned photos (GPT-2 tokens) and samples a new caption."""
+  monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path / "cache"))
+  base_workdir, _ = converted
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  colours = ("red", "green", "blue", "yellow")
+  with open(folder / "captions.jsonl", "w", encoding="utf-8") as f:
+    for i in range(20):
+      Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+      f.write(json.dumps({"file": f"{i}.png", "caption": [f"a {colours[i % 4]} square", "a photo"]}) + "\n")
+  config = config_for("base", read_state_dict(GOLDEN_BASE)[1])
+  config.data.source, config.data.folder = "folder", str(folder)
+  config.train.init_from = base_workdir
+  config.train.batch_size, config.train.num_steps, config.train.checkpoint_every = 4, 2, 2
+  workdir = str(tmp_path / "fine-tuned")
+  state = train(config, workdir)
+  assert f"Starting from the EMA parameters of {os.path.abspath(base_workdir)} (step 0)." in capsys.readouterr().out
+  base_params, _ = Experiment(config, base_workdir).load_params()
+  tuned, step = Experiment(config, workdir).load_params(use_ema=False)
+  assert step == 2 and int(state.step) == 2
+  for a, b in zip(jax.tree_util.tree_leaves(tuned), jax.tree_util.tree_leaves(base_params)):
+    # Two Adam steps at learning rate 2e-4 move each weight by at most about 4e-4: every tensor trained, from
+    # the converted weights (a fresh initialisation would be far off).
+    assert 0 < np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-3
+  assert sorted(os.listdir(os.path.join(base_workdir, "checkpoints"))) == ["0"]
+  config.sample.prompts, config.sample.respacing, config.sample.guidance_scales = "a purple square", "2", (3.0,)
+  with np.load(sample_and_save(config, workdir)["npz"]) as f:
+    assert f["images"].shape == (1, 16, 16, 3) and int(f["step"]) == 2
 
 
 @needs_goldens
