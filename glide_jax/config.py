@@ -23,7 +23,7 @@ from glide_jax.sampling.guidance import GUIDANCE
 from glide_jax.sampling.prompts import read_prompt_file, split_prompts
 from glide_jax.train.lr_schedules import LR_SCHEDULES
 
-DATA_SOURCES = ("tfds", "folder")
+DATA_SOURCES = ("tfds", "folder", "mnist_scenes")
 
 
 def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
@@ -39,9 +39,15 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   # "tfds": the TFDS dataset data.name; "folder": the images and captions.jsonl in data.folder (README, "Train
-  # on your own captions"), whose one split "train" the split strings slice, e.g. "train[:90%]".
+  # on your own captions"), whose one split "train" the split strings slice, e.g. "train[:90%]";
+  # "mnist_scenes": MNIST digits in the cells of a 2x2 grid, captioned by their places (glide_jax/scenes.py).
   c.data.source = "tfds"
   c.data.folder = ""
+  c.data.scenes = ml_collections.ConfigDict()
+  c.data.scenes.count = 60_000     # Scenes in the train split (MNIST's training digits).
+  c.data.scenes.test_count = 10_000  # In each of the test and held_out splits (MNIST's test digits).
+  c.data.scenes.seed = 0           # Draws the scenes and the held-out captions.
+  c.data.scenes.held_out = 0.1     # Share of each kind of caption the train split never shows (held_out split).
   c.data.name = "mnist"            # Any TFDS image dataset with an `image` and a ClassLabel `label`; "" = none
                                    # (a released GLIDE model: sampled and edited from prompts and PNGs).
   c.data.data_dir = ""             # "" = $TFDS_DATA_DIR, else TFDS's default directory.
@@ -239,6 +245,16 @@ def _validate_data(d: ml_collections.ConfigDict) -> None:
   for name in ("caption_feature", "image_feature"):
     if not isinstance(d[name], str):
       _fail(f"data.{name}", d[name], "give a TFDS feature name, e.g. 'caption' or 'captions/text'.")
+  sc = d.scenes
+  _check_int("data.scenes.count", sc.count, 1)
+  _check_int("data.scenes.test_count", sc.test_count, 1)
+  _check_int("data.scenes.seed", sc.seed, 0)
+  if not (_is_number(sc.held_out) and 0.0 <= sc.held_out < 1.0):
+    _fail("data.scenes.held_out", sc.held_out, "give the share of captions held out of training, in [0, 1).")
+  if d.source == "mnist_scenes" and d.channels != 1:
+    _fail("data.channels", d.channels, "MNIST scenes are grey: set it to 1.")
+  if d.source == "mnist_scenes" and (not _is_int(d.image_size) or d.image_size % 2):
+    _fail("data.image_size", d.image_size, "MNIST scenes split the canvas into 2x2 cells: give an even size, e.g. 32.")
   if d.caption_feature and not d.image_feature:
     _fail("data.image_feature", d.image_feature, "give the TFDS feature that holds the images, e.g. 'image'.")
   if d.source == "tfds" and d.caption_feature and not d.name:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from glide_jax import caption_data, data_prepare
+from glide_jax import caption_data, data_prepare, scenes
 from glide_jax.caption_data import CaptionDataset
 from glide_jax.errors import UserError
 from glide_jax.model.tokenizer import Tokenizer
@@ -187,14 +187,14 @@ def load_split(name: str, split: str, data_dir: str = "", image_size: int = 32, 
 
 def is_captioned(data_config) -> bool:
   """Whether config.data holds image–caption pairs (a caption folder or a TFDS text feature), not classes."""
-  return data_config.source == "folder" or bool(data_config.caption_feature)
+  return data_config.source in ("folder", "mnist_scenes") or bool(data_config.caption_feature)
 
 
 def require_classes(data_config, what: str) -> None:
   """A UserError when `what` (e.g. "--mode=eval") needs class labels and config.data has captions."""
   if is_captioned(data_config):
-    source = (f"the caption folder {data_config.folder}" if data_config.source == "folder"
-              else f"{data_config.name!r}'s captions ({data_config.caption_feature!r})")
+    source = {"folder": f"the caption folder {data_config.folder}", "mnist_scenes": "MNIST scenes"}.get(
+        data_config.source, f"{data_config.name!r}'s captions ({data_config.caption_feature!r})")
     raise UserError(f"{what} scores samples with a classifier of the dataset's classes, and this config trains on "
                     f"{source}, which has none. Sample with --mode=sample and --config.sample.prompts instead.")
 
@@ -208,12 +208,37 @@ def _load_tfds_captions(name: str, split: str, data_dir: str, image_size: int, i
   return caption_data.tfds_captions(examples, name, split, image_feature, caption_feature, image_size)
 
 
+def load_scenes(data_config, split: str) -> CaptionDataset:
+  """config.data's MNIST scenes split (sliced as TFDS slices a split, e.g. "held_out[:500]"), built from the
+  prepared MNIST: its training digits for the train split, its test digits for the others."""
+  name = split.partition("[")[0].strip()
+  if name not in scenes.SPLITS:
+    caption_data.split_range(split, 1, scenes.SPLITS, "the MNIST scenes")  # Raises, naming the splits.
+  s = data_config.scenes
+  spec = scenes.SceneSpec(s.count if name == "train" else s.test_count, s.seed, float(s.held_out),
+                          data_config.image_size)
+  start, stop = caption_data.split_range(split, spec.count, scenes.SPLITS, "the MNIST scenes")
+  made, _ = _made_scenes(name, spec, data_config.data_dir, data_config.download, data_config.download_url,
+                         data_config.download_checksums)
+  return CaptionDataset(made.images[start:stop], made.captions[start:stop], made.origins[start:stop])
+
+
+@functools.lru_cache(maxsize=4)
+def _made_scenes(split: str, spec: scenes.SceneSpec, data_dir: str, download: bool, download_url: str,
+                 checksums: str) -> tuple[CaptionDataset, np.ndarray]:
+  mnist = load_split("mnist", "train" if split == "train" else "test", data_dir, spec.image_size // scenes.GRID,
+                     download, download_url, checksums)
+  return scenes.make_scenes(mnist.images, mnist.labels, split, spec)
+
+
 def load_dataset(data_config, split: Optional[str] = None) -> ImageDataset | CaptionDataset:
   """The train split (or `split`) that `config.data` names, checked against its channel count: classes
   (ImageDataset), or image–caption pairs (CaptionDataset) from a caption folder or a TFDS text feature."""
   split = split or data_config.train_split
   if data_config.source == "folder":
     return caption_data.load_folder(data_config.folder, split, data_config.image_size, data_config.channels)
+  if data_config.source == "mnist_scenes":
+    return load_scenes(data_config, split)
   if not data_config.name:
     raise UserError("config.data.name is '': this config has no dataset (a released GLIDE model is sampled and "
                     "edited, not trained or evaluated here). Give PNG paths to --mode=edit, or set "

@@ -218,7 +218,8 @@ def test_caption_batches_are_a_pure_function_of_seed_and_step_and_split_over_pro
 def test_the_config_checks_the_source_fields():
   config = tiny.get_config()
   config.data.source = "files"
-  with pytest.raises(ConfigError, match=r"config.data.source = 'files' is invalid: choose one of \('tfds', 'folder'\)"):
+  with pytest.raises(ConfigError, match=r"config.data.source = 'files' is invalid: choose one of "
+                                        r"\('tfds', 'folder', 'mnist_scenes'\)"):
     validate_config(config)
   config.data.source = "folder"
   with pytest.raises(ConfigError, match="config.data.folder = '' is invalid: give the folder"):

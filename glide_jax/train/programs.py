@@ -23,7 +23,7 @@ import ml_collections
 # Fields no training program reads (a whole section where the value is None).
 HOST_ONLY: dict[str, tuple[str, ...] | None] = {
     "data": ("data_dir", "download", "download_url", "download_checksums", "train_split", "test_split",
-             "prompt_templates", "source", "folder", "caption_feature", "image_feature"),
+             "prompt_templates", "source", "folder", "caption_feature", "image_feature", "scenes"),
     "train": ("log_every", "checkpoint_every", "keep_checkpoints", "init_from", "max_nonfinite_steps", "sample_every",
               "sample_guidance", "sample_respacing"),
     "sample": None,
