@@ -82,6 +82,18 @@ def fact_of(caption: str) -> Optional[Fact]:
   return ("corner", int(match.group(1)), CORNERS.index(match.group(2))) if match else None
 
 
+TEMPLATES = ("left of", "right of", "above", "below", "two", "corner")
+
+
+def template_of(caption: str) -> Optional[str]:
+  """Which phrasing of the grammar a caption uses (one of TEMPLATES), or None for other text."""
+  text = " ".join(caption.lower().split())
+  for template, (pattern, _) in zip(TEMPLATES, _PATTERNS):
+    if pattern.match(text):
+      return template
+  return "corner" if _CORNER.match(text) else None
+
+
 def _cell(row: int, col: int) -> int:
   return row * GRID + col
 

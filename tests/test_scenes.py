@@ -145,13 +145,14 @@ def test_the_export_command_writes_a_folder_and_reports_bad_input_in_one_line(tm
   assert exit_info.value.code == 2 and "data.scenes.held_out = 1.5 is invalid" in capsys.readouterr().err
 
 
-def test_a_tiny_model_trains_on_scenes_and_samples_a_caption_it_never_saw(tmp_path):
+def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_evaluated(tmp_path):
+  from glide_jax.modes.eval import run as evaluate
   from glide_jax.modes.sample import run as sample_and_save
   from glide_jax.modes.train import run as train
 
   config = tiny.get_config()
   config.data.source, config.data.test_split = "mnist_scenes", "held_out"
-  config.data.scenes.count, config.data.scenes.test_count = 64, 16
+  config.data.scenes.count, config.data.scenes.test_count = 64, 200  # 200: every held-out fact.
   config.model.tokenizer, config.model.text_ctx = "gpt2", 16
   config.train.num_steps = config.train.checkpoint_every = 2
   workdir = str(tmp_path / "run")
@@ -160,3 +161,18 @@ def test_a_tiny_model_trains_on_scenes_and_samples_a_caption_it_never_saw(tmp_pa
   config.sample.prompts, config.sample.respacing = ",".join(unseen), "3"
   with np.load(sample_and_save(config, workdir)["npz"]) as f:
     assert f["images"].shape == (2 * 2, 16, 16, 1) and list(f["prompts"][::2]) == unseen
+  config.eval.samples_per_digit, config.eval.classifier_steps = 2, 20
+  config.eval.classifier_dir = str(tmp_path / "classifier")
+  report = evaluate(config, workdir)
+  held = scenes.held_out_facts(0, 0.1)
+  assert sorted(tuple(f) for f in report["facts"]) == sorted(held)
+  assert [r["guidance_scale"] for r in report["results"]] == [0.0, 3.0]
+  for r in report["results"] + [report["reader"]]:
+    assert 0.0 <= r["fully_right"] <= 1.0 and np.isfinite(r["fid"])
+  assert set(report["results"][0]["by_template"]) <= set(scenes.TEMPLATES)
+  with np.load(os.path.join(workdir, "eval", "samples.npz")) as f:
+    assert f["images"].shape == (2, 2 * len(held), 16, 16, 1) and f["fully_right"].shape == (2, 2 * len(held))
+    # Each fact's two samples say it both ways where it has two phrasings.
+    assert list(f["prompts"]) == [scenes.captions_of(fact)[j % len(scenes.captions_of(fact))]
+                                  for fact in scenes.all_facts() if fact in held for j in range(2)]
+  assert os.path.isfile(os.path.join(workdir, "eval", "eval.png"))

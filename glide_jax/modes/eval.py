@@ -28,7 +28,7 @@ from glide_jax.evaluation.metrics import Scorer, balanced_subset
 from glide_jax.evaluation.report import format_table, json_safe, output_dir, plot, save_report
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
-from glide_jax.modes import eval_edit
+from glide_jax.modes import eval_edit, eval_scenes
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
 
@@ -38,7 +38,9 @@ FLOOR_MAX_IMAGES = 10_000
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Samples and scores every guidance scale from workdir's latest checkpoint; returns the report
   written to workdir/eval/eval.json (or config.eval.output_dir) and plotted in eval.png. An inpainting run's
-  edits are evaluated instead (evaluate_edit)."""
+  edits are evaluated instead (evaluate_edit), and MNIST scenes by where their digits are (eval_scenes)."""
+  if config.data.source == "mnist_scenes":
+    return eval_scenes.run(config, workdir)
   data_lib.require_classes(config.data, "--mode=eval")
   if config.model.inpaint:
     return eval_edit.run(config, workdir)

@@ -1,0 +1,47 @@
+"""Reading a scene: which digit each 2x2 cell holds (or none), by the MNIST evaluation classifier at the
+cell's size, and whether that layout is one a caption allows (`scenes.allowed_layouts`)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from glide_jax import scenes
+
+# A cell with fewer pixels brighter than half is read as empty. Real MNIST digits at 16x16 light far more
+# (docs/training.md gives the reader's accuracy on real scenes, which this threshold is judged by).
+EMPTY_MAX_BRIGHT_PIXELS = 4
+
+
+def cells_of(images: np.ndarray) -> np.ndarray:
+  """uint8 [N, S, S, C] → [N · 4, S/2, S/2, C], cells in reading order (top left, top right, ...)."""
+  n, size, _, c = images.shape
+  cell = size // scenes.GRID
+  grid = images.reshape(n, scenes.GRID, cell, scenes.GRID, cell, c).transpose(0, 1, 3, 2, 4, 5)
+  return grid.reshape(n * scenes.GRID * scenes.GRID, cell, cell, c)
+
+
+def read_layouts(images: np.ndarray, outputs: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(layouts int [N, 4]: each cell's digit or -1, features [N, 4 · D]: the cells' classifier features side by
+  side) of uint8 scenes; `outputs(cells)` gives the classifier's (features, logits)."""
+  cells = cells_of(images)
+  features, logits = outputs(cells)
+  bright = (cells > 127).reshape(len(cells), -1).sum(axis=1)
+  digits = np.where(bright > EMPTY_MAX_BRIGHT_PIXELS, np.argmax(logits, axis=-1), -1)
+  cells_per_scene = scenes.GRID * scenes.GRID
+  return digits.reshape(-1, cells_per_scene), features.reshape(len(images), -1)
+
+
+def fully_right(layouts: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  """bool [N]: whether each scene's read layout is one its caption allows (every digit right and in place,
+  the other cells empty)."""
+  return np.array([tuple(int(d) for d in layout) in scenes.allowed_layouts(caption)
+                   for layout, caption in zip(layouts, captions)], bool)
+
+
+def share_by_template(right: np.ndarray, captions: Sequence[str]) -> dict[str, float]:
+  """The share fully right per caption template (scenes.TEMPLATES), for the templates present."""
+  templates = np.array([scenes.template_of(c) for c in captions])
+  return {t: float(np.mean(right[templates == t])) for t in scenes.TEMPLATES if np.any(templates == t)}
