@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from glide_jax.errors import UserError
+from glide_jax.runtime import cache_root
 
 CAPTIONS_FILE = "captions.jsonl"
 # Bumped whenever the prepared file's contents would change for the same inputs (resizing, cropping, layout).
@@ -43,11 +44,6 @@ class CaptionDataset:
     """The first `count` distinct first captions: what training's sample grids draw."""
     seen = dict.fromkeys(c[0] for c in self.captions)
     return list(seen)[:count]
-
-
-def cache_root() -> str:
-  """$GLIDE_CACHE_DIR, else ~/.cache/glide_jax."""
-  return os.path.expanduser(os.environ.get("GLIDE_CACHE_DIR") or os.path.join("~", ".cache", "glide_jax"))
 
 
 def split_range(split: str, num_examples: int, names: Sequence[str], what: str) -> tuple[int, int]:

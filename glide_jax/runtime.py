@@ -16,6 +16,12 @@ from typing import Optional
 CPU_MEMORY_SCHEDULER = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 
 
+def cache_root() -> str:
+  """Where the project caches what it makes once (classifiers, prepared caption folders): $GLIDE_CACHE_DIR,
+  else ~/.cache/glide_jax."""
+  return os.path.expanduser(os.environ.get("GLIDE_CACHE_DIR") or os.path.join("~", ".cache", "glide_jax"))
+
+
 def _stopped_before_work(signum, frame):
   """SIGTERM while starting up (imports, flags): nothing has been written yet, so stop with a message.
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from glide_jax.errors import UserError
 from glide_jax.evaluation.classifier import Classifier, features, train_classifier
+from glide_jax.runtime import cache_root
 
 PARAMS_FILE = "params.msgpack"
 INFO_FILE = "classifier.json"
@@ -29,9 +30,8 @@ INFO_FILE = "classifier.json"
 
 def default_cache_dir(data_config: ml_collections.ConfigDict) -> str:
   """$GLIDE_CACHE_DIR (else ~/.cache/glide_jax)/classifiers/<dataset>_<size>px."""
-  root = os.environ.get("GLIDE_CACHE_DIR") or os.path.join("~", ".cache", "glide_jax")
   name = data_config.name.replace("/", "_")
-  return os.path.join(os.path.expanduser(root), "classifiers", f"{name}_{data_config.image_size}px")
+  return os.path.join(cache_root(), "classifiers", f"{name}_{data_config.image_size}px")
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
