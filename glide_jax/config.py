@@ -133,11 +133,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.sample.sampler = "ddpm"        # A key of diffusion.samplers.SAMPLERS: "ddpm", "ddim" or "dpm_solver_pp_2m".
   c.sample.respacing = "100"       # 100 of the T steps, as glide-text2im samples; "" = all T; "10,10,3,2,2", "ddim50".
   c.sample.ddim_eta = 0.0
-  # A key of sampling.guidance.GUIDANCE: "classifier_free", "autoguidance" (below), or "none" (the
-  # conditional model, scales unused).
+  # A key of sampling.guidance.GUIDANCE: "classifier_free", "adaptive_projected" or "autoguidance" (below),
+  # or "none" (the conditional model, scales unused).
   c.sample.guidance = "classifier_free"
   # Guidance only at timesteps t with lo <= t/T < hi (arXiv:2404.07724); the conditional model elsewhere.
   c.sample.guidance_interval = (0.0, 1.0)
+  # Adaptive projected guidance (arXiv:2410.02416): CFG's update on x̂_0, its norm bounded by apg_norm_threshold
+  # per sample (0 = unbounded), its part parallel to the conditional x̂_0 weighted by apg_eta (1 = CFG's).
+  c.sample.apg_eta = 0.0
+  c.sample.apg_norm_threshold = 0.0
   # Autoguidance (arXiv:2406.02507) guides the model with a weaker version of itself: checkpoint guide_step of
   # this run (an earlier one), or of guide_workdir, another run of the same model (its latest when 0).
   c.sample.guide_step = 0
@@ -461,6 +465,15 @@ def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
           and 0.0 <= interval[0] < interval[1] <= 1.0):
     _fail("sample.guidance_interval", interval, "give (lo, hi) with 0 <= lo < hi <= 1, fractions of the "
           "diffusion's timesteps, e.g. --config.sample.guidance_interval='(0.1, 0.8)'; (0., 1.) = every step.")
+  if not (_is_number(s.apg_eta) and 0 <= s.apg_eta <= 1):
+    _fail("sample.apg_eta", s.apg_eta, "it must be a number from 0 (the paper's default: only the update's part "
+          "orthogonal to the conditional x̂_0) to 1 (all of it, as classifier-free guidance).")
+  if not (_is_number(s.apg_norm_threshold) and s.apg_norm_threshold >= 0):
+    _fail("sample.apg_norm_threshold", s.apg_norm_threshold, "it must be a finite number >= 0 (0 = no bound).")
+  if s.guidance != "adaptive_projected" and (s.apg_eta or s.apg_norm_threshold):
+    _fail("sample.apg_eta" if s.apg_eta else "sample.apg_norm_threshold", s.apg_eta or s.apg_norm_threshold,
+          "only adaptive projected guidance reads it: add --config.sample.guidance=adaptive_projected, or leave it "
+          "unset.")
   _check_int("sample.guide_step", s.guide_step, 0)
   if not isinstance(s.guide_workdir, str):
     _fail("sample.guide_workdir", s.guide_workdir, "give the workdir of another run of the same model, or ''.")

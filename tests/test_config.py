@@ -125,6 +125,8 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("sample.guide_step", -1, "sample.guide_step"),
     ("sample.guide_step", 2, "sample.guide_step"),  # Read by autoguidance only.
     ("sample.guide_workdir", "/some/run", "sample.guide_workdir"),
+    ("sample.apg_eta", 0.5, "sample.apg_eta"),  # Read by adaptive projected guidance only.
+    ("sample.apg_norm_threshold", 2.0, "sample.apg_norm_threshold"),
     ("sample.num_per_prompt", 0, "sample.num_per_prompt"),
     ("sample.batch_size", 0, "sample.batch_size"),
     ("sample.prompts", " , ", "sample.prompts"),
@@ -146,6 +148,17 @@ def test_invalid_value_names_the_field(field, value, named):
     validate_config(config)
   assert isinstance(info.value, UserError)
   assert "is invalid" in str(info.value)
+
+
+@pytest.mark.parametrize("field,value", [("apg_eta", -0.1), ("apg_eta", 1.5), ("apg_eta", float("nan")),
+                                         ("apg_norm_threshold", -1.0), ("apg_norm_threshold", float("inf"))])
+def test_adaptive_projected_guidance_settings_are_checked(field, value):
+  config = default_config()
+  config.sample.guidance, config.sample.apg_eta, config.sample.apg_norm_threshold = "adaptive_projected", 1.0, 5.0
+  validate_config(config)
+  config.sample[field] = value
+  with pytest.raises(ConfigError, match=re.escape(f"config.sample.{field} = ")):
+    validate_config(config)
 
 
 def test_an_upsampler_cannot_sample_during_training():

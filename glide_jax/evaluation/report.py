@@ -24,6 +24,20 @@ def json_safe(value):
   return value
 
 
+def sampling_settings(sample_config, num_steps: int, forward_passes: int) -> dict:
+  """config.sample's settings that decide what a report's samples are, and their cost (the sampler's
+  steps and forward passes per sample)."""
+  s = sample_config
+  settings = {"sampler": s.sampler, "respacing": s.respacing, "sampling_steps": num_steps,
+              "ddim_eta": float(s.ddim_eta), "guidance": s.guidance, "guidance_interval": list(s.guidance_interval),
+              "forward_passes_per_sample": forward_passes, "use_ema": bool(s.use_ema)}
+  if s.guidance == "adaptive_projected":
+    settings.update(apg_eta=float(s.apg_eta), apg_norm_threshold=float(s.apg_norm_threshold))
+  if s.guidance == "autoguidance":
+    settings.update(guide_workdir=s.guide_workdir, guide_step=int(s.guide_step))
+  return settings
+
+
 def format_table(report: dict) -> str:
   """The per-scale results and the real-data references as a fixed-width table."""
   lines = [f"{'guidance':>8}  {'accuracy':>8}  {'worst digit':>16}  {'FID':>9}  {'diversity':>9}  {'seconds':>8}"]

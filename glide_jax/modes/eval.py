@@ -25,7 +25,7 @@ from glide_jax import data as data_lib
 from glide_jax.config import guidance_scales
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.metrics import Scorer, balanced_subset
-from glide_jax.evaluation.report import format_table, json_safe, output_dir, plot, save_report
+from glide_jax.evaluation.report import format_table, json_safe, output_dir, plot, sampling_settings, save_report
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.modes import eval_edit, eval_scenes
@@ -71,7 +71,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results, all_images = [], []
   if is_main:
     print(f"Evaluating step {step}: {k} samples for each of {num_classes} prompts at {len(scales)} guidance "
-          f"scale(s), {s.sampler} with {sampler.num_steps} steps.", flush=True)
+          f"scale(s), {s.sampler} with {sampler.num_steps} steps ({s.guidance}, {sampler.forward_passes_per_sample} "
+          f"forward passes per sample).", flush=True)
   progress = batched.progress_bar(len(scales) * num_classes * k, "eval")
   for scale in scales:
     start = time.perf_counter()
@@ -89,9 +90,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   report = json_safe({
       "step": step,
-      "config": {"sampler": s.sampler, "respacing": s.respacing, "sampling_steps": sampler.num_steps,
-                 "ddim_eta": float(s.ddim_eta), "guidance_interval": list(s.guidance_interval),
-                 "use_ema": bool(s.use_ema), "samples_per_digit": k,
+      "config": {**sampling_settings(s, sampler.num_steps, sampler.forward_passes_per_sample),
+                 "samples_per_digit": k,
                  "guidance_scales": scales, "seed": config.seed, "dataset": config.data.name,
                  "image_size": config.data.image_size, "test_split": config.data.test_split,
                  "train_split": config.data.train_split},

@@ -29,7 +29,14 @@ from glide_jax.editing.masks import known_region_error
 from glide_jax.errors import UserError
 from glide_jax.evaluation import metrics
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
-from glide_jax.evaluation.report import format_edit_table, json_safe, output_dir, plot_edits, save_report
+from glide_jax.evaluation.report import (
+  format_edit_table,
+  json_safe,
+  output_dir,
+  plot_edits,
+  sampling_settings,
+  save_report,
+)
 from glide_jax.evaluation.samples_file import save_samples
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
@@ -118,9 +125,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = json_safe({
       "steps": steps,
       "workdirs": {method: exp.workdir for method, exp in runs},
-      "config": {"mask": e.mask, "num_images": n, "target": "(label + 1) mod classes", "sampler": s.sampler,
-                 "respacing": s.respacing, "guidance_interval": list(s.guidance_interval),
-                 "use_ema": bool(s.use_ema), "guidance_scales": scales,
+      "config": {"mask": e.mask, "num_images": n, "target": "(label + 1) mod classes",
+                 **sampling_settings(s, sampler.num_steps, sampler.forward_passes_per_sample),
+                 "guidance_scales": scales,
                  "seed": config.seed, "dataset": config.data.name, "test_split": config.data.test_split},
       "class_names": list(test.class_names),
       "classifier": {"directory": classifier.directory, **classifier.info},

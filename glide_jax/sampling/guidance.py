@@ -10,8 +10,10 @@ Classifier-free guidance (GLIDE's text2im notebook): one forward pass on [condit
 the conditional half. The guidance scale is an input array, so one compiled sampler serves every scale.
 Autoguidance (Karras et al. 2024) replaces the unconditional pass by a weaker version of the model on the
 same prompt (an earlier checkpoint of the run), bound as `GuidanceInputs.params["guide"]`.
-Guidance may be limited to an interval of timesteps (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside
-it the step uses ε_c alone (s = 1), from a forward pass on the B conditional rows only.
+Adaptive projected guidance (Sadat et al. 2024) keeps classifier-free guidance's two passes but changes how
+they combine, on the denoised predictions x̂_0. Guidance may be limited to an interval of timesteps
+(Kynkäänniemi et al. 2024, arXiv:2404.07724); outside it the step uses ε_c alone (s = 1), from a forward
+pass on the B conditional rows only.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from glide_jax.diffusion import GaussianDiffusion
+from glide_jax.diffusion.gaussian import extract
 from glide_jax.diffusion.samplers import ModelFn
 from glide_jax.model import Text2ImUNet
 
@@ -40,6 +44,8 @@ class GuidanceInputs:
   xf_proj: jax.Array
   scales: jax.Array  # [B] guidance scales.
   interval: tuple[float, float]
+  apg_eta: float  # Adaptive projected guidance: the weight of the update's part parallel to x̂_0(c).
+  apg_norm_threshold: float  # And the bound r on the update's norm per sample (0: unbounded).
   extra_inputs: dict[str, jax.Array]  # An inpainting model's image and mask, an upsampler's low_res: [B, ...].
 
   def encode(self, params: str) -> tuple[jax.Array, jax.Array]:
@@ -99,17 +105,62 @@ def classifier_free_model_fn(g: GuidanceInputs) -> ModelFn:
   (B rows: half the work)."""
 
   def guided(x: jax.Array, t: jax.Array) -> jax.Array:
-    b, c = x.shape[0], x.shape[-1]
-    out = g.denoise(jnp.repeat(x, 2, axis=0), jnp.repeat(t, 2))  # Both halves see the same x_t.
-    out = out.reshape(b, 2, *out.shape[1:])
-    cond, uncond = out[:, 0], out[:, 1]
-    eps = uncond[..., :c] + guided_scales(g, t, x.ndim, out.dtype) * (cond[..., :c] - uncond[..., :c])
+    c = x.shape[-1]
+    cond, uncond = cfg_halves(g, x, t)
+    eps = uncond[..., :c] + guided_scales(g, t, x.ndim, cond.dtype) * (cond[..., :c] - uncond[..., :c])
     return jnp.concatenate([eps, cond[..., c:]], axis=-1)
 
-  def conditional(x: jax.Array, t: jax.Array) -> jax.Array:
-    return g.denoise(x, t, rows=slice(0, None, 2))  # The conditional rows of the interleaved text.
+  return only_where_guided(g, guided, conditional_rows_fn(g))
 
-  return only_where_guided(g, guided, conditional)
+
+def cfg_halves(g: GuidanceInputs, x: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The network's outputs on the conditional and unconditional rows, ([B, ...], [B, ...]), from one forward
+  pass on 2B rows that share x_t."""
+  out = g.denoise(jnp.repeat(x, 2, axis=0), jnp.repeat(t, 2))
+  out = out.reshape(x.shape[0], 2, *out.shape[1:])
+  return out[:, 0], out[:, 1]
+
+
+def conditional_rows_fn(g: GuidanceInputs) -> ModelFn:
+  """The conditional rows of the interleaved text alone: B rows, the steps outside the guidance interval."""
+  return lambda x, t: g.denoise(x, t, rows=slice(0, None, 2))
+
+
+def projected_update(delta: jax.Array, along: jax.Array, eta: float, norm_threshold: float) -> jax.Array:
+  """APG's update (Sadat et al. 2024, arXiv:2410.02416, eqs. 7-9 and 11, per sample over all pixels): Δ
+  rescaled to norm ≤ r (r = norm_threshold > 0), split into Δ∥ along `along` and Δ⊥ = Δ − Δ∥, recombined as
+  Δ⊥ + η Δ∥. η = 1 with r = 0 is Δ itself (classifier-free guidance)."""
+  axes = tuple(range(1, delta.ndim))
+
+  def norm(v):
+    return jnp.sqrt(jnp.sum(jnp.square(v), axis=axes, keepdims=True))
+
+  if norm_threshold > 0:
+    delta = delta * jnp.minimum(1.0, norm_threshold / jnp.maximum(norm(delta), 1e-12))
+  unit = along / jnp.maximum(norm(along), 1e-12)
+  parallel = jnp.sum(delta * unit, axis=axes, keepdims=True) * unit
+  return delta - parallel + eta * parallel
+
+
+def adaptive_projected_model_fn(g: GuidanceInputs) -> ModelFn:
+  """Adaptive projected guidance (Sadat et al. 2024, arXiv:2410.02416, eq. 12 without momentum): on the
+  denoised predictions, x̃_0 = x̂_0(c) + (s − 1) u with u = `projected_update`(x̂_0(c) − x̂_0(∅), x̂_0(c)), as ε:
+  ε̃ = ε_c − √(ᾱ_t / (1 − ᾱ_t)) (s − 1) u (exactly ε_c at s = 1); v from the conditional half. The paper's
+  reverse momentum (β < 0) is left out: it needs state carried across steps, and the sampler's model
+  functions see one step. Outside the guidance interval the conditional rows run alone, as in CFG."""
+
+  def guided(x: jax.Array, t: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    cond, uncond = cfg_halves(g, x, t)
+    x0_c = g.diffusion.predict_xstart_from_eps(x, t, cond[..., :c])
+    x0_u = g.diffusion.predict_xstart_from_eps(x, t, uncond[..., :c])
+    update = projected_update(x0_c - x0_u, x0_c, g.apg_eta, g.apg_norm_threshold)
+    abar = g.diffusion.alphas_cumprod  # float64: the ratio is formed before the cast to float32.
+    x0_to_eps = extract(np.sqrt(abar / (1.0 - abar)), t, x.ndim)
+    eps = cond[..., :c] - x0_to_eps * (guided_scales(g, t, x.ndim, cond.dtype) - 1.0) * update
+    return jnp.concatenate([eps, cond[..., c:]], axis=-1)
+
+  return only_where_guided(g, guided, conditional_rows_fn(g))
 
 
 def autoguidance_model_fn(g: GuidanceInputs) -> ModelFn:
@@ -137,12 +188,15 @@ def conditional_model_fn(g: GuidanceInputs) -> ModelFn:
 class GuidanceRule:
   text_rows: Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]  # (tokens, mask, pad_id) → rows
   model_fn: Callable[[GuidanceInputs], ModelFn]
+  passes_when_guided: int = 2  # Forward passes per sample at a guided step (1 at the others).
 
 
 # The rules config.sample.guidance may name (the config validator reads this table's keys).
 GUIDANCE: dict[str, GuidanceRule] = {
     "classifier_free": GuidanceRule(with_empty_prompt, classifier_free_model_fn),
+    # Reads config.sample.apg_eta and apg_norm_threshold.
+    "adaptive_projected": GuidanceRule(with_empty_prompt, adaptive_projected_model_fn),
     # Needs the guide's parameters: sampler.bind(params, guide=guide_params).
     "autoguidance": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), autoguidance_model_fn),
-    "none": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), conditional_model_fn),
+    "none": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), conditional_model_fn, passes_when_guided=1),
 }

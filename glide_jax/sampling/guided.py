@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from glide_jax import sharding as sharding_lib
 from glide_jax.diffusion import SAMPLERS, GaussianDiffusion, known_region, respace, sample_loop, space_timesteps
 from glide_jax.model import Text2ImUNet
-from glide_jax.sampling.guidance import GUIDANCE, GuidanceInputs
+from glide_jax.sampling.guidance import GUIDANCE, GuidanceInputs, guidance_active
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +30,8 @@ class SamplerSpec:
   """How to sample. sampler: a key of SAMPLERS; respacing: "" (all T steps), "100", "10,10,3,2,2",
   "ddim50"...; eta: DDIM's η; temperature: the scale of the initial noise x_T (glide-text2im's upsampler
   uses 0.997); guidance: a key of GUIDANCE ("none": the conditional model alone, at half the cost, the
-  scales unused); guidance_interval: (lo, hi), guidance only where lo ≤ t / T < hi."""
+  scales unused); guidance_interval: (lo, hi), guidance only where lo ≤ t / T < hi; apg_eta, apg_norm_threshold:
+  adaptive projected guidance's η and r (`sampling.guidance.projected_update`)."""
 
   sampler: str = "ddpm"
   respacing: str = ""
@@ -38,13 +39,16 @@ class SamplerSpec:
   temperature: float = 1.0
   guidance: str = "classifier_free"
   guidance_interval: tuple[float, float] = (0.0, 1.0)
+  apg_eta: float = 0.0
+  apg_norm_threshold: float = 0.0
 
   @classmethod
   def from_config(cls, sample_config: ml_collections.ConfigDict) -> "SamplerSpec":
     """The spec config.sample describes (already validated)."""
     s = sample_config
     return cls(sampler=s.sampler, respacing=str(s.respacing), eta=float(s.ddim_eta), guidance=s.guidance,
-               guidance_interval=tuple(float(x) for x in s.guidance_interval))
+               guidance_interval=tuple(float(x) for x in s.guidance_interval), apg_eta=float(s.apg_eta),
+               apg_norm_threshold=float(s.apg_norm_threshold))
 
   def replace(self, **changes: Any) -> "SamplerSpec":
     return dataclasses.replace(self, **changes)
@@ -87,6 +91,14 @@ class GuidedSampler:
   def num_steps(self) -> int:
     return self.diffusion.num_timesteps
 
+  @property
+  def forward_passes_per_sample(self) -> int:
+    """The network's forward passes per sample over one sampler call: the rule's passes at each guided step
+    (two for classifier-free guidance), one at each step outside the guidance interval."""
+    active = np.asarray(guidance_active(jnp.asarray(self.diffusion.timestep_map), self.base_diffusion.num_timesteps,
+                                        self.spec.guidance_interval))
+    return int(np.sum(np.where(active, GUIDANCE[self.spec.guidance].passes_when_guided, 1)))
+
   def _sample_impl(self, params, tokens, mask, scales, rng, image=None, known=None, low_res=None):
     spec, rule = self.spec, GUIDANCE[self.spec.guidance]
     rows, row_mask = rule.text_rows(tokens, mask, self.pad_id)
@@ -97,7 +109,7 @@ class GuidedSampler:
     model_fn = rule.model_fn(GuidanceInputs(
         model=self.model, params=params, diffusion=self.diffusion, num_timesteps=self.base_diffusion.num_timesteps,
         text_rows=(rows, row_mask), xf_out=xf_out, xf_proj=xf_proj, scales=scales, interval=spec.guidance_interval,
-        extra_inputs=extra_inputs))
+        apg_eta=spec.apg_eta, apg_norm_threshold=spec.apg_norm_threshold, extra_inputs=extra_inputs))
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (tokens.shape[0], c.image_size, c.image_size, c.in_channels)

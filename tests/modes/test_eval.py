@@ -121,6 +121,7 @@ def test_eval_json(evaluated):
   assert saved["step"] == 2
   assert saved["config"]["sampler"] == "ddpm" and saved["config"]["respacing"] == "5"
   assert saved["config"]["sampling_steps"] == 5 and saved["config"]["samples_per_digit"] == K
+  assert saved["config"]["guidance"] == "classifier_free" and saved["config"]["forward_passes_per_sample"] == 10
   assert saved["class_names"] == list(data_lib.DIGIT_WORDS)
   assert saved["classifier"]["image_size"] == 16 and saved["classifier"]["test_accuracy"] > 0.6
   assert [r["guidance_scale"] for r in saved["results"]] == list(SCALES)
@@ -253,3 +254,22 @@ def test_distance_grows_when_images_are_blurred_or_replaced_by_noise(evaluated):
   # More blur, farther; noise is far too (how it ranks against heavy blur depends on the classifier).
   assert real_fid < slight < strong, (real_fid, slight, strong)
   assert slight > 3 * real_fid and noise_fid > 10 * real_fid, (real_fid, slight, noise_fid)
+
+
+def test_eval_with_adaptive_projected_guidance_records_its_settings_and_cost(evaluated):
+  """Another guidance rule through --mode=eval: its settings and forward passes are in the report, and with
+  the guidance interval the steps outside it cost one pass (5 steps, 2 of them guided: 7 passes)."""
+  config, workdir, report = evaluated
+  other = config.copy_and_resolve_references()
+  other.sample.guidance_scales = (SCALES[-1],)
+  other.sample.guidance, other.sample.apg_eta, other.sample.apg_norm_threshold = "adaptive_projected", 0.25, 3.0
+  other.sample.guidance_interval = (0.3, 0.8)
+  other.eval.output_dir = "eval_apg"
+  apg = eval_mode.run(other, workdir)
+  assert {k: apg["config"][k] for k in ("guidance", "apg_eta", "apg_norm_threshold", "guidance_interval",
+                                         "forward_passes_per_sample")} == {
+      "guidance": "adaptive_projected", "apg_eta": 0.25, "apg_norm_threshold": 3.0, "guidance_interval": [0.3, 0.8],
+      "forward_passes_per_sample": 7}
+  # The same noise as the classifier-free evaluation, other samples.
+  among = load_samples(os.path.join(workdir, "eval", "samples.npz"))["images"][-10 * K:]
+  assert not np.array_equal(load_samples(os.path.join(workdir, "eval_apg", "samples.npz"))["images"], among)

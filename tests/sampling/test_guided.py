@@ -15,7 +15,7 @@ from configs import tiny
 from glide_jax import sharding as sharding_lib
 from glide_jax.diffusion import GaussianDiffusion, respace, sample_loop, space_timesteps
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
-from glide_jax.sampling.guidance import GuidanceInputs
+from glide_jax.sampling.guidance import GuidanceInputs, projected_update
 from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 
 RESPACING = "5"
@@ -103,10 +103,31 @@ def run_plain(setup, sampler, x_T, loop_rng, empty=False, eta=0.0, v_from_condit
                                           sampler=sampler, eta=eta))
 
 
-def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, interval=(0.0, 1.0), guide=None):
+def apg_eps(x, eps_c, eps_u, abar, s, apg_eta, apg_r):
+  """Adaptive projected guidance (arXiv:2410.02416) written out in float64 numpy on x̂_0 = (x − √(1−ᾱ) ε)/√ᾱ:
+  Δ = x̂_0(c) − x̂_0(u), per sample scaled to norm ≤ r (r > 0), Δ∥ its projection on x̂_0(c), x̃_0 = x̂_0(c) +
+  (s − 1)(Δ − Δ∥ + η Δ∥), returned as ε̃ = (x − √ᾱ x̃_0)/√(1−ᾱ)."""
+  x, eps_c, eps_u, s = (np.asarray(a, np.float64) for a in (x, eps_c, eps_u, s))
+  x0_c = (x - np.sqrt(1 - abar) * eps_c) / np.sqrt(abar)
+  x0_u = (x - np.sqrt(1 - abar) * eps_u) / np.sqrt(abar)
+  out = np.empty_like(x)
+  for b in range(x.shape[0]):
+    delta = x0_c[b] - x0_u[b]
+    if apg_r > 0:
+      delta = delta * min(1.0, apg_r / np.linalg.norm(delta))
+    unit = x0_c[b] / np.linalg.norm(x0_c[b])
+    parallel = np.sum(delta * unit) * unit
+    x0 = x0_c[b] + (s[b, 0, 0, 0] - 1) * (delta - parallel + apg_eta * parallel)
+    out[b] = (x[b] - np.sqrt(abar) * x0) / np.sqrt(1 - abar)
+  return jnp.asarray(out, jnp.float32)
+
+
+def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, interval=(0.0, 1.0), guide=None,
+                   apg=None):
   """A plain Python loop over t = K−1 … 0: two forward passes, ε̃ = ε_u + s(ε_c − ε_u), v conditional; s = 1
   at the steps whose original timestep is outside the guidance interval (fractions of the base T). With
-  `guide` parameters, ε_u is theirs on the prompt (autoguidance) instead of the model's on the empty prompt."""
+  `guide` parameters, ε_u is theirs on the prompt (autoguidance) instead of the model's on the empty prompt;
+  with `apg` = (η, r), ε̃ is adaptive projected guidance's (`apg_eps`)."""
   x, loop_rng = split_like_sampler(setup, rng)
   c = x.shape[-1]
   abar_table = diffusion.alphas_cumprod
@@ -120,7 +141,11 @@ def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, inter
       uncond = setup["forward"](setup["params"], x, original_t, setup["empty_tokens"], setup["empty_mask"])
     else:
       uncond = setup["forward"](guide, x, original_t, setup["tokens"], setup["mask"])
-    output = jnp.concatenate([uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c]), cond[..., c:]], axis=-1)
+    if apg is None:
+      eps = uncond[..., :c] + s * (cond[..., :c] - uncond[..., :c])
+    else:
+      eps = apg_eps(x, cond[..., :c], uncond[..., :c], float(abar_table[i]), s, *apg)
+    output = jnp.concatenate([eps, cond[..., c:]], axis=-1)
     noise = jax.random.normal(jax.random.fold_in(loop_rng, i), x.shape, x.dtype)
     pm = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
     if sampler == "ddpm":
@@ -224,6 +249,34 @@ def test_autoguidance_is_guided_by_the_guide_network_on_the_same_prompt(setup, d
                              conditional, atol=1e-5, rtol=0)
 
 
+# --- (2d) adaptive projected guidance: CFG's update on x̂_0, bounded, without its part along x̂_0(c) ----------
+def test_projected_update_bounds_the_norm_and_drops_the_parallel_part():
+  rng = np.random.default_rng(0)
+  delta, along = (jnp.asarray(rng.standard_normal((3, 4, 4, 1)), jnp.float32) for _ in range(2))
+  norms = lambda v: np.sqrt(np.sum(np.square(np.asarray(v)), axis=(1, 2, 3)))
+  orthogonal = projected_update(delta, along, eta=0.0, norm_threshold=0.0)
+  np.testing.assert_allclose(np.sum(np.asarray(orthogonal) * np.asarray(along), axis=(1, 2, 3)), 0, atol=1e-5)
+  np.testing.assert_allclose(projected_update(delta, along, eta=1.0, norm_threshold=0.0), delta, atol=1e-6)
+  bounded = projected_update(delta, along, eta=1.0, norm_threshold=1.0)
+  np.testing.assert_allclose(norms(bounded), np.minimum(norms(delta), 1.0), rtol=1e-5)
+  np.testing.assert_allclose(projected_update(delta, along, eta=1.0, norm_threshold=1e6), delta, atol=1e-6)
+
+
+def test_adaptive_projected_guidance_equals_a_step_by_step_loop(setup, ddpm):
+  apg = respec(setup, ddpm, guidance="adaptive_projected", apg_eta=0.5, apg_norm_threshold=2.0)
+  got = sample(apg, setup, [3.0, 0.5], seed=8)
+  np.testing.assert_allclose(got, reference_loop(setup, ddpm.diffusion, [3.0, 0.5], jax.random.key(8),
+                                                 apg=(0.5, 2.0)), atol=1e-5, rtol=0)
+  # The bound and the projection change the samples: without them (η = 1, r = 0) APG is CFG.
+  cfg = sample(ddpm, setup, [3.0, 0.5], seed=8)
+  assert np.abs(got - cfg).max() > 1e-2
+  as_cfg = respec(setup, ddpm, guidance="adaptive_projected", apg_eta=1.0)
+  np.testing.assert_allclose(sample(as_cfg, setup, [3.0, 0.5], seed=8), cfg, atol=1e-5, rtol=0)
+  # Scale 1 is the conditional model exactly, whatever η and r.
+  np.testing.assert_allclose(sample(apg, setup, [1.0, 1.0], seed=8), sample(ddpm, setup, [1.0, 1.0], seed=8),
+                             atol=1e-5, rtol=0)
+
+
 def test_steps_outside_the_guidance_interval_run_one_forward_pass_per_sample(setup, ddpm, monkeypatch):
   """Forward passes per sample, counted as the compiled sampler runs them: 2 per guided step and 1 per other
   step (5 steps, of which (0.3, 0.8) guides 2: 7 passes, not 10); 2 per step when every step is guided."""
@@ -237,9 +290,11 @@ def test_steps_outside_the_guidance_interval_run_one_forward_pass_per_sample(set
   monkeypatch.setattr(GuidanceInputs, "denoise", counted)
   for interval, passes in (((0.3, 0.8), 7), ((0.8, 0.9), 5), ((0.0, 1.0), 10)):
     rows.clear()
-    got = sample(respec(setup, ddpm, guidance_interval=interval), setup, [4.0, 2.0], seed=6)
+    sampler = respec(setup, ddpm, guidance_interval=interval)
+    got = sample(sampler, setup, [4.0, 2.0], seed=6)
     jax.effects_barrier()
     assert sum(rows) == passes * B, (interval, rows)
+    assert sampler.forward_passes_per_sample == passes
     assert np.isfinite(got).all()
 
 
@@ -312,7 +367,7 @@ def test_an_unknown_sampler_or_guidance_rule_is_refused(setup):
                      r"'dpm_solver_pp_2m'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(sampler="euler"))
   with pytest.raises(ValueError, match=r"Unknown guidance 'negative'; choose one of \('classifier_free', "
-                     r"'autoguidance', 'none'\)"):
+                     r"'adaptive_projected', 'autoguidance', 'none'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(guidance="negative"))
 
 
