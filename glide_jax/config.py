@@ -169,6 +169,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.samples_per_digit = 100   # Samples per class prompt and guidance scale (config.sample.guidance_scales).
   c.eval.batch_size = 500          # Images per classifier forward pass.
   c.eval.output_dir = ""            # "" = WORKDIR/eval; a relative path is under WORKDIR (e.g. "eval_ddim").
+  # The evaluator shipped in the package for the dataset and image size (MNIST at 32x32), so that every machine
+  # scores alike; False, or a dataset or size it has none for: one trained here and cached (--mode=train_classifier).
+  c.eval.shipped_classifier = True
   c.eval.classifier_dir = ""       # "" = $GLIDE_CACHE_DIR (else ~/.cache/glide_jax)/classifiers/<dataset>_<size>px.
   c.eval.classifier_train_split = "train"  # It is scored on data.test_split.
   c.eval.classifier_steps = 1000   # About 2 epochs of MNIST at batch 128.
@@ -515,6 +518,8 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
     _fail("eval.classifier_learning_rate", lr, "it must be a positive number.")
   if not isinstance(e.output_dir, str):
     _fail("eval.output_dir", e.output_dir, "it must be a directory path (relative to WORKDIR), or '' for WORKDIR/eval.")
+  if not isinstance(e.shipped_classifier, bool):
+    _fail("eval.shipped_classifier", e.shipped_classifier, "it must be True or False.")
   if not isinstance(e.classifier_dir, str):
     _fail("eval.classifier_dir", e.classifier_dir, "it must be a directory path, or '' for the default cache.")
   if e.classifier_dir and os.path.exists(os.path.expanduser(e.classifier_dir)) and not os.path.isdir(

@@ -127,6 +127,7 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("sample.guide_workdir", "/some/run", "sample.guide_workdir"),
     ("sample.apg_eta", 0.5, "sample.apg_eta"),  # Read by adaptive projected guidance only.
     ("sample.apg_norm_threshold", 2.0, "sample.apg_norm_threshold"),
+    ("eval.shipped_classifier", None, "eval.shipped_classifier"),
     ("sample.num_per_prompt", 0, "sample.num_per_prompt"),
     ("sample.batch_size", 0, "sample.batch_size"),
     ("sample.prompts", " , ", "sample.prompts"),

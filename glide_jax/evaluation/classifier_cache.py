@@ -1,9 +1,12 @@
-"""The evaluation classifier, trained once per (dataset, image size) and cached on disk.
+"""The evaluation classifier: shipped in the package for MNIST at 32x32, else trained once per (dataset, image
+size) and cached on disk.
 
 `params.msgpack` (flax.serialization) and `classifier.json` (test accuracy, dataset, image size,
-channels, splits, steps, seconds) live in config.eval.classifier_dir if set, else
-$GLIDE_CACHE_DIR/classifiers/<dataset>_<size>px, else ~/.cache/glide_jax/classifiers/<dataset>_<size>px.
-`python main.py --mode=train_classifier` fills it; `--mode=eval` trains it on first use.
+channels, splits, steps, seconds) live in config.eval.classifier_dir if set; else, with
+config.eval.shipped_classifier (the default), in the package's `evaluators/<dataset>_<size>px` when it has one,
+so that every machine scores samples with the same weights; else in $GLIDE_CACHE_DIR/classifiers/<dataset>_<size>px
+(default ~/.cache/glide_jax/...). `python main.py --mode=train_classifier` fills the cache; `--mode=eval` trains
+it on first use.
 """
 
 from __future__ import annotations
@@ -26,12 +29,22 @@ from glide_jax.runtime import cache_root
 
 PARAMS_FILE = "params.msgpack"
 INFO_FILE = "classifier.json"
+SHIPPED_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evaluators")
+
+
+def _dir_name(data_config: ml_collections.ConfigDict) -> str:
+  return f"{data_config.name.replace('/', '_')}_{data_config.image_size}px"
+
+
+def shipped_dir(data_config: ml_collections.ConfigDict) -> Optional[str]:
+  """The package's evaluator for config.data's dataset and image size, or None if it ships none."""
+  directory = os.path.join(SHIPPED_ROOT, _dir_name(data_config))
+  return directory if os.path.exists(os.path.join(directory, PARAMS_FILE)) else None
 
 
 def default_cache_dir(data_config: ml_collections.ConfigDict) -> str:
   """$GLIDE_CACHE_DIR (else ~/.cache/glide_jax)/classifiers/<dataset>_<size>px."""
-  name = data_config.name.replace("/", "_")
-  return os.path.join(cache_root(), "classifiers", f"{name}_{data_config.image_size}px")
+  return os.path.join(cache_root(), "classifiers", _dir_name(data_config))
 
 
 def cache_dir(config: ml_collections.ConfigDict) -> str:
@@ -129,13 +142,30 @@ def load_classifier(config: ml_collections.ConfigDict, directory: Optional[str] 
   return TrainedClassifier(params=params, info=info, directory=directory)
 
 
+def shipped_classifier(config: ml_collections.ConfigDict) -> Optional[TrainedClassifier]:
+  """The package's evaluator for config.data, when config.eval asks for it (shipped_classifier, no
+  classifier_dir) and the package has one; else None."""
+  directory = shipped_dir(config.data)
+  if config.eval.classifier_dir or not config.eval.shipped_classifier or directory is None:
+    return None
+  return load_classifier(config, directory)
+
+
 def get_or_train_classifier(config: ml_collections.ConfigDict, verbose: bool = True,
                             retrain_if_other_recipe: bool = False) -> TrainedClassifier:
-  """The cached classifier for config.data's dataset and image size; trains and caches it if there is none
-  (or, with `retrain_if_other_recipe`, if config.eval asks for other training settings than the cache's).
+  """The classifier that scores config.data's samples: the shipped one (`shipped_classifier`) unless
+  `retrain_if_other_recipe`, else the cached one; trains and caches it if there is none (or, with
+  `retrain_if_other_recipe`, if config.eval asks for other training settings than the cache's).
 
   A cached classifier too weak to score samples (`useful_accuracy`) is a UserError saying how to replace it.
   """
+  shipped = None if retrain_if_other_recipe else shipped_classifier(config)
+  if shipped is not None:
+    if verbose:
+      print(f"Scoring with the evaluator shipped for {config.data.name} at {config.data.image_size}x"
+            f"{config.data.image_size} (test accuracy {shipped.test_accuracy:.4f}; "
+            f"--config.eval.shipped_classifier=False scores with a classifier trained here).", flush=True)
+    return shipped
   directory = cache_dir(config)
   cached = load_classifier(config, directory)
   changed = [] if cached is None else [f"{k}: {cached.info.get(k)!r} there, {v!r} now"

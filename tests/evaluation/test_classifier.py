@@ -211,3 +211,38 @@ def test_a_single_training_step_works(tmp_path):
   trained = cache.get_or_train_classifier(config, verbose=False)
   assert 0.0 <= trained.test_accuracy <= 1.0
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(trained.params))
+
+
+def test_the_shipped_mnist_evaluator_scores_without_training(monkeypatch, tmp_path, capsys):
+  """MNIST at 32x32 is scored by the evaluator in the package (the same weights on every machine): nothing is
+  trained or cached, it reads MNIST's test digits as its record says, and either switch turns it off."""
+  from configs import mnist_cpu
+  config = mnist_cpu.get_config()
+  monkeypatch.setenv("GLIDE_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(cache, "train_classifier", lambda *a, **k: pytest.fail("trained instead of the shipped one"))
+  shipped = cache.get_or_train_classifier(config)
+  assert shipped.directory == os.path.join(cache.SHIPPED_ROOT, "mnist_32px") and os.path.isdir(shipped.directory)
+  assert "Scoring with the evaluator shipped for mnist at 32x32 (test accuracy 0.9926" in capsys.readouterr().out
+  assert shipped.info["steps"] == 1000 and "train_classifier" in shipped.info["command"]
+  test = data_lib.load_dataset(config.data, "test[:1000]")
+  assert clf.accuracy(shipped.params, test.images, test.labels) >= 0.985
+  assert not os.path.exists(tmp_path / "cache")
+  # Asked not to, or given a directory, it is not used; another image size has no shipped evaluator.
+  for change in ({"shipped_classifier": False}, {"classifier_dir": str(tmp_path / "mine")}):
+    other = mnist_cpu.get_config()
+    other.eval.update(change)
+    assert cache.shipped_classifier(other) is None
+  other = mnist_cpu.get_config()
+  other.data.image_size = 16
+  assert cache.shipped_dir(other.data) is None and cache.shipped_classifier(other) is None
+
+
+def test_train_classifier_mode_says_that_eval_keeps_the_shipped_evaluator(cached, monkeypatch, capsys):
+  config, trained = cached
+  monkeypatch.setattr(train_classifier_mode, "get_or_train_classifier", lambda *a, **k: trained)
+  train_classifier_mode.run(config)
+  assert "Note:" not in capsys.readouterr().out  # No evaluator is shipped for 16x16.
+  monkeypatch.setattr(train_classifier_mode, "shipped_classifier", lambda config: trained)
+  assert train_classifier_mode.run(config) is trained
+  assert "Note: --mode=eval scores with the evaluator shipped for this dataset and size; add " \
+         "--config.eval.shipped_classifier=False" in capsys.readouterr().out
