@@ -58,6 +58,11 @@ def _mesh_the_batch_fits(config: ml_collections.ConfigDict) -> jax.sharding.Mesh
   return sharding_lib.make_mesh(config.mesh.shape, devices[:count])
 
 
+# What a guide network (autoguidance) shares with the model it guides: the tokens, the images and the timesteps.
+GUIDE_MUST_MATCH = ("model.tokenizer", "model.text_ctx", "data.image_size", "data.channels", "model.inpaint",
+                    "model.low_res_size", "diffusion.noise_schedule", "diffusion.num_timesteps")
+
+
 class Experiment:
   """A validated config made concrete: tokenizer, model, diffusion, mesh, state layout and workdir."""
 
@@ -290,24 +295,45 @@ class Experiment:
 
   def sampler(self, params: Any = None, spec: Optional[SamplerSpec] = None) -> GuidedSampler:
     """The compiled sampler of `spec` (default: `sampler_spec`) over this model and mesh, bound to `params`
-    when given (and to `guide_params()` for autoguidance; else bind them with `.bind`); one per model, spec
-    and mesh in this process."""
+    when given (and to `guide_params()` for autoguidance; else bind them with `.bind`); one per model, spec,
+    guide network and mesh in this process."""
     spec = spec or self.sampler_spec
-    sampler = programs.kept("sampler", (self._program_key, spec), lambda: GuidedSampler(
-        model=self.model, base_diffusion=self.diffusion, spec=spec, pad_id=self.tokenizer.pad_id, mesh=self.mesh))
+    guide_model = None
+    if spec.guidance == "autoguidance":
+      guide = self.guide_experiment()
+      guide_model = None if guide.model_config == self.model_config else guide.model
+    sampler = programs.kept(
+        "sampler", (self._program_key, spec, guide_model and guide_model.config), lambda: GuidedSampler(
+            model=self.model, base_diffusion=self.diffusion, spec=spec, pad_id=self.tokenizer.pad_id, mesh=self.mesh,
+            guide_model=guide_model))
     if params is None:
       return sampler
     return sampler.bind(params, guide=self.guide_params()) if spec.guidance == "autoguidance" else sampler.bind(params)
 
-  def guide_params(self) -> Any:
-    """The parameters autoguidance guides with (EMA or not, as config.sample.use_ema): checkpoint
-    sample.guide_step of sample.guide_workdir (default: this run), or that run's latest. A run of another
-    model is refused with a UserError naming the differences."""
+  def guide_experiment(self) -> "Experiment":
+    """The run autoguidance guides with: sample.guide_workdir's (its own saved config: it may be a smaller
+    model of the same images, text and diffusion), else this one. Another tokenizer, text context, image shape
+    or diffusion is refused with a UserError naming the differences."""
     s = self.config.sample
     if not (s.guide_workdir or self.workdir):
       raise UserError("Autoguidance by an earlier checkpoint needs the run's workdir: give this Experiment one, or "
                       "config.sample.guide_workdir.")
-    guide = Experiment(self.config, s.guide_workdir or self.workdir, mesh=self.mesh)
+    if not s.guide_workdir:
+      return self
+    guide = Experiment.from_workdir(s.guide_workdir, mesh=self.mesh)
+    differing = [f"{field} = {guide.config[a][b]!r} there, {self.config[a][b]!r} here" for field in GUIDE_MUST_MATCH
+                 for a, b in [field.split(".")] if guide.config[a][b] != self.config[a][b]]
+    if differing:
+      raise UserError(f"config.sample.guide_workdir = {s.guide_workdir!r} cannot guide this model: "
+                      + "; ".join(differing) + ". A guide must read the same prompts, images and timesteps; "
+                      "train it with the same values (a smaller model_channels is fine).")
+    return guide
+
+  def guide_params(self) -> Any:
+    """The parameters autoguidance guides with (EMA or not, as config.sample.use_ema): checkpoint
+    sample.guide_step of `guide_experiment()`, or its latest."""
+    s = self.config.sample
+    guide = self.guide_experiment()
     if s.guide_step:
       with guide.checkpointer(read_only=True) as checkpointer:
         steps = checkpointer.all_steps()

@@ -9,7 +9,7 @@ Classifier-free guidance (GLIDE's text2im notebook): one forward pass on [condit
 (the latter with the empty prompt) sharing x_t; ε̃ = ε_u + s (ε_c − ε_u); the variance output v comes from
 the conditional half. The guidance scale is an input array, so one compiled sampler serves every scale.
 Autoguidance (Karras et al. 2024) replaces the unconditional pass by a weaker version of the model on the
-same prompt (an earlier checkpoint of the run), bound as `GuidanceInputs.params["guide"]`.
+same prompt (an earlier checkpoint of the run, or a smaller model), bound as `GuidanceInputs.params["guide"]`.
 Adaptive projected guidance (Sadat et al. 2024) keeps classifier-free guidance's two passes but changes how
 they combine, on the denoised predictions x̂_0. Guidance may be limited to an interval of timesteps
 (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside it the step uses ε_c alone (s = 1), from a forward
@@ -37,6 +37,7 @@ class GuidanceInputs:
 
   model: Text2ImUNet
   params: dict[str, Any]  # "model": the sampled network's; other names: what `GuidedSampler.bind` added.
+  guide_model: Optional[Text2ImUNet]  # The network of params["guide"] when it is not `model` (a smaller one).
   diffusion: GaussianDiffusion  # The respaced process: t indexes its timestep_map.
   num_timesteps: int  # The base process's T, for the guidance interval.
   text_rows: tuple[jax.Array, jax.Array]  # The rule's `text_rows` (tokens, mask), as encoded below.
@@ -48,9 +49,14 @@ class GuidanceInputs:
   apg_norm_threshold: float  # And the bound r on the update's norm per sample (0: unbounded).
   extra_inputs: dict[str, jax.Array]  # An inpainting model's image and mask, an upsampler's low_res: [B, ...].
 
+  def network(self, params: str) -> Text2ImUNet:
+    """The module that the parameters named `params` belong to."""
+    return self.guide_model if params == "guide" and self.guide_model is not None else self.model
+
   def encode(self, params: str) -> tuple[jax.Array, jax.Array]:
     """`text_rows` encoded by another network's text transformer: (xf_out, xf_proj)."""
-    return self.model.apply({"params": self.params[params]}, *self.text_rows, method=Text2ImUNet.encode_text)
+    return self.network(params).apply({"params": self.params[params]}, *self.text_rows,
+                                      method=Text2ImUNet.encode_text)
 
   def denoise(self, x: jax.Array, t: jax.Array, rows: slice = slice(None), params: str = "model",
               text: Optional[tuple[jax.Array, jax.Array]] = None) -> jax.Array:
@@ -60,8 +66,8 @@ class GuidanceInputs:
     extra = {k: jnp.repeat(v, reps, axis=0) for k, v in self.extra_inputs.items()}
     timestep_map = jnp.asarray(self.diffusion.timestep_map)
     xf_out, xf_proj = (self.xf_out, self.xf_proj) if text is None else text
-    return self.model.apply({"params": self.params[params]}, x, timestep_map[t], xf_out[rows], xf_proj[rows],
-                            method=Text2ImUNet.denoise, **extra)
+    return self.network(params).apply({"params": self.params[params]}, x, timestep_map[t], xf_out[rows],
+                                      xf_proj[rows], method=Text2ImUNet.denoise, **extra)
 
 
 def guidance_active(timesteps: jax.Array, num_timesteps: int, interval: tuple[float, float]) -> jax.Array:

@@ -63,6 +63,7 @@ class GuidedSampler:
   spec: SamplerSpec = SamplerSpec()
   pad_id: int = 256
   mesh: Optional[Mesh] = None
+  guide_model: Optional[Text2ImUNet] = None  # Autoguidance by a network of another config (None: `model`'s).
 
   def __post_init__(self):
     for name, table, field in ((self.spec.sampler, SAMPLERS, "sampler"), (self.spec.guidance, GUIDANCE, "guidance")):
@@ -107,9 +108,10 @@ class GuidedSampler:
     if known is not None and self.model.config.inpaint:  # The model sees the known part.
       extra_inputs.update(inpaint_image=image, inpaint_mask=known)
     model_fn = rule.model_fn(GuidanceInputs(
-        model=self.model, params=params, diffusion=self.diffusion, num_timesteps=self.base_diffusion.num_timesteps,
-        text_rows=(rows, row_mask), xf_out=xf_out, xf_proj=xf_proj, scales=scales, interval=spec.guidance_interval,
-        apg_eta=spec.apg_eta, apg_norm_threshold=spec.apg_norm_threshold, extra_inputs=extra_inputs))
+        model=self.model, params=params, guide_model=self.guide_model, diffusion=self.diffusion,
+        num_timesteps=self.base_diffusion.num_timesteps, text_rows=(rows, row_mask), xf_out=xf_out, xf_proj=xf_proj,
+        scales=scales, interval=spec.guidance_interval, apg_eta=spec.apg_eta,
+        apg_norm_threshold=spec.apg_norm_threshold, extra_inputs=extra_inputs))
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (tokens.shape[0], c.image_size, c.image_size, c.in_channels)

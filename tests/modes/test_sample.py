@@ -11,6 +11,7 @@ from configs import tiny
 from glide_jax import data as data_lib
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
+from glide_jax.model import init_params
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.train import run as train
 from helpers.runs import run_main
@@ -154,3 +155,31 @@ def test_autoguidance_guides_with_an_earlier_checkpoint_of_the_run(tmp_path):
   result = run_main(workdir, *auto_flags, "--config.sample.guide_step=3")
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert "config.sample.guide_step = 3:" in result.stderr and "it keeps [2, 4]" in result.stderr, result.stderr
+
+
+def test_autoguidance_by_another_run_of_a_smaller_model(sampled, tmp_path):
+  """sample.guide_workdir may hold a smaller model (its own saved config) of the same text, images and
+  diffusion: the sampler is built with the guide's network and bound to its parameters. A guide that reads
+  other tokens is refused, naming the field."""
+  workdir, _ = sampled
+  small = sample_config()
+  small.model.model_channels, small.model.num_groups, small.model.num_head_channels = 16, 8, 16
+  guide_exp = Experiment(small, str(tmp_path / "guide"))
+  guide_params = jax.jit(lambda rng: init_params(guide_exp.model, rng))(jax.random.key(3))
+  guide_exp.write_params(guide_params)
+  config = sample_config()
+  config.sample.guidance, config.sample.guide_workdir = "autoguidance", str(tmp_path / "guide")
+  exp = Experiment(config, workdir)
+  sampler = exp.sampler(exp.load_params()[0])
+  assert sampler.guide_model.config.model_channels == 16 and sampler.model.config.model_channels == 32
+  assert_trees_equal(sampler.params["guide"], guide_params)
+  # A guide of the same model config shares the model's network (and the compiled program of any such guide).
+  config.sample.guide_workdir = workdir
+  assert Experiment(config, workdir).sampler().guide_model is None
+  other = sample_config()
+  other.model.text_ctx = 12
+  Experiment(other, str(tmp_path / "other")).write_params(
+      jax.jit(lambda rng: init_params(Experiment(other).model, rng))(jax.random.key(4)))
+  config.sample.guide_workdir = str(tmp_path / "other")
+  with pytest.raises(UserError, match=r"cannot guide this model: model.text_ctx = 12 there, 8 here\. A guide must"):
+    Experiment(config, workdir).sampler()

@@ -139,6 +139,8 @@ def reference_loop(setup, diffusion, scales, rng, sampler="ddpm", eta=0.0, inter
     cond = setup["forward"](setup["params"], x, original_t, setup["tokens"], setup["mask"])
     if guide is None:
       uncond = setup["forward"](setup["params"], x, original_t, setup["empty_tokens"], setup["empty_mask"])
+    elif isinstance(guide, tuple):  # (forward, params) of another network.
+      uncond = guide[0](guide[1], x, original_t, setup["tokens"], setup["mask"])
     else:
       uncond = setup["forward"](guide, x, original_t, setup["tokens"], setup["mask"])
     if apg is None:
@@ -275,6 +277,26 @@ def test_adaptive_projected_guidance_equals_a_step_by_step_loop(setup, ddpm):
   # Scale 1 is the conditional model exactly, whatever η and r.
   np.testing.assert_allclose(sample(apg, setup, [1.0, 1.0], seed=8), sample(ddpm, setup, [1.0, 1.0], seed=8),
                              atol=1e-5, rtol=0)
+
+
+def test_autoguidance_by_a_smaller_network(setup, ddpm):
+  """The guide may be another, smaller network of the same text and images (the paper's usual guide)."""
+  config = tiny.get_config()
+  config.model.model_channels, config.model.num_groups, config.model.num_head_channels = 16, 8, 16
+  small = Text2ImUNet(ModelConfig.from_config(config, setup["tokenizer"].vocab_size))
+  noise = np.random.default_rng(3)
+  guide = jax.tree_util.tree_map(
+      lambda leaf: jnp.asarray(np.asarray(leaf) + 0.01 * noise.standard_normal(leaf.shape).astype(np.float32)),
+      jax.jit(lambda rng: init_params(small, rng)).lower(jax.random.key(1)).compile(
+          compiler_options={"xla_backend_optimization_level": 0})(jax.random.key(1)))
+  auto = GuidedSampler(model=setup["model"], base_diffusion=setup["base"],
+                       spec=ddpm.spec.replace(guidance="autoguidance"), pad_id=ddpm.pad_id,
+                       guide_model=small).bind(setup["params"], guide=guide)
+  forward = jax.jit(lambda p, x, t, tk, m: small.apply({"params": p}, x, t, tk, m))
+  got = sample(auto, setup, [3.0, 0.5], seed=9)
+  np.testing.assert_allclose(got, reference_loop(setup, ddpm.diffusion, [3.0, 0.5], jax.random.key(9),
+                                                 guide=(forward, guide)), atol=1e-5, rtol=0)
+  assert np.abs(got - sample(ddpm, setup, [1.0, 1.0], seed=9)).max() > 1e-2
 
 
 def test_steps_outside_the_guidance_interval_run_one_forward_pass_per_sample(setup, ddpm, monkeypatch):
