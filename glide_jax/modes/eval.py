@@ -88,9 +88,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"diversity {result['diversity']:.3f} ({result['seconds']:.0f}s)")
   progress.close()
 
+  settings = sampling_settings(s, sampler.num_steps, sampler.forward_passes_per_sample)
   report = json_safe({
       "step": step,
-      "config": {**sampling_settings(s, sampler.num_steps, sampler.forward_passes_per_sample),
+      "config": {**settings,
                  "samples_per_digit": k,
                  "guidance_scales": scales, "seed": config.seed, "dataset": config.data.name,
                  "image_size": config.data.image_size, "test_split": config.data.test_split,
@@ -103,6 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   })
   if is_main:
     save_samples(os.path.join(out, "samples.npz"), np.concatenate(all_images), np.tile(labels, len(scales)),
-                 np.repeat(np.asarray(scales, np.float32), len(labels)), class_names)
+                 np.repeat(np.asarray(scales, np.float32), len(labels)), class_names,
+                 setting=settings)
     save_report(report, out, "eval", plot, format_table(report))
   return report

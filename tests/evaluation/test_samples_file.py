@@ -1,5 +1,6 @@
 """The evaluation samples file: plain arrays, row-aligned, read back without unpickling."""
 
+import json
 import os
 
 import numpy as np
@@ -15,9 +16,10 @@ def test_round_trip_with_extra_rows(tmp_path):
   images = rng.integers(0, 256, (6, 4, 4, 1), dtype=np.uint8)
   path = str(tmp_path / "eval" / "samples.npz")
   save_samples(path, images, [0, 1, 2, 0, 1, 2], [1.5] * 3 + [2.0] * 3, ["zero", "one", "two"],
-               method=np.array(["a"] * 6))
+               setting={"sampler": "ddpm", "sampling_steps": 100}, method=np.array(["a"] * 6))
   saved = load_samples(path)
-  assert sorted(saved) == ["class_names", "guidance_scale", "images", "method", "prompted"]
+  assert sorted(saved) == ["class_names", "guidance_scale", "images", "method", "prompted", "setting"]
+  assert json.loads(str(saved["setting"])) == {"sampler": "ddpm", "sampling_steps": 100}
   np.testing.assert_array_equal(saved["images"], images)
   assert saved["prompted"].dtype == np.int32 and saved["prompted"].tolist() == [0, 1, 2, 0, 1, 2]
   assert saved["guidance_scale"].dtype == np.float32 and saved["guidance_scale"].tolist() == [1.5] * 3 + [2.0] * 3

@@ -144,6 +144,8 @@ def test_eval_json(evaluated):
 def test_eval_samples_npz_rescores_to_the_reported_numbers(evaluated):
   config, workdir, report = evaluated
   saved = load_samples(os.path.join(workdir, "eval", "samples.npz"))
+  setting = json.loads(str(saved["setting"]))  # How they were sampled, as the report says.
+  assert setting == {k: report["config"][k] for k in setting} and setting["guidance"] == "classifier_free"
   n = 10 * K
   assert saved["images"].shape == (len(SCALES) * n, 16, 16, 1) and saved["images"].dtype == np.uint8
   np.testing.assert_array_equal(saved["prompted"], np.tile(np.repeat(np.arange(10), K), len(SCALES)))
