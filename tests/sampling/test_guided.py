@@ -269,11 +269,9 @@ def test_adaptive_projected_guidance_equals_a_step_by_step_loop(setup, ddpm):
   got = sample(apg, setup, [3.0, 0.5], seed=8)
   np.testing.assert_allclose(got, reference_loop(setup, ddpm.diffusion, [3.0, 0.5], jax.random.key(8),
                                                  apg=(0.5, 2.0)), atol=1e-5, rtol=0)
-  # The bound and the projection change the samples: without them (η = 1, r = 0) APG is CFG.
-  cfg = sample(ddpm, setup, [3.0, 0.5], seed=8)
-  assert np.abs(got - cfg).max() > 1e-2
-  as_cfg = respec(setup, ddpm, guidance="adaptive_projected", apg_eta=1.0)
-  np.testing.assert_allclose(sample(as_cfg, setup, [3.0, 0.5], seed=8), cfg, atol=1e-5, rtol=0)
+  # The bound and the projection change the samples (without them APG's update is CFG's:
+  # test_projected_update_bounds_the_norm_and_drops_the_parallel_part).
+  assert np.abs(got - sample(ddpm, setup, [3.0, 0.5], seed=8)).max() > 1e-2
   # Scale 1 is the conditional model exactly, whatever η and r.
   np.testing.assert_allclose(sample(apg, setup, [1.0, 1.0], seed=8), sample(ddpm, setup, [1.0, 1.0], seed=8),
                              atol=1e-5, rtol=0)
