@@ -1,0 +1,20 @@
+"""GLIDE's noised CLIP (glide-text2im `clip/`): image and text encoders for CLIP guidance, and the map from the
+released `clip/image-enc`, `clip/text-enc` state dicts to their parameters."""
+
+from glide_jax.clip.keymap import clip_param_shapes, convert_clip
+from glide_jax.clip.model import (
+    ClipConfig,
+    ImageEncoder,
+    TextEncoder,
+    clip_guidance_grad,
+    clip_loss,
+    image_embeddings,
+    init_clip_params,
+    normalize,
+    text_embeddings,
+)
+
+__all__ = [
+    "ClipConfig", "ImageEncoder", "TextEncoder", "clip_guidance_grad", "clip_loss", "clip_param_shapes",
+    "convert_clip", "image_embeddings", "init_clip_params", "normalize", "text_embeddings",
+]
