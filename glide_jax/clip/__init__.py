@@ -13,8 +13,9 @@ from glide_jax.clip.model import (
     normalize,
     text_embeddings,
 )
+from glide_jax.clip.tokenizer import EOT_ID, SOT_ID, ClipTokenizer, get_clip_tokenizer
 
 __all__ = [
-    "ClipConfig", "ImageEncoder", "TextEncoder", "clip_guidance_grad", "clip_loss", "clip_param_shapes",
-    "convert_clip", "image_embeddings", "init_clip_params", "normalize", "text_embeddings",
+    "EOT_ID", "SOT_ID", "ClipConfig", "ClipTokenizer", "ImageEncoder", "get_clip_tokenizer", "TextEncoder", "clip_guidance_grad", "clip_loss",
+    "clip_param_shapes", "convert_clip", "image_embeddings", "init_clip_params", "normalize", "text_embeddings",
 ]
