@@ -16,6 +16,7 @@ from glide_jax.clip.model import (
 from glide_jax.clip.tokenizer import EOT_ID, SOT_ID, ClipTokenizer, get_clip_tokenizer
 
 __all__ = [
-    "EOT_ID", "SOT_ID", "ClipConfig", "ClipTokenizer", "ImageEncoder", "get_clip_tokenizer", "TextEncoder", "clip_guidance_grad", "clip_loss",
-    "clip_param_shapes", "convert_clip", "image_embeddings", "init_clip_params", "normalize", "text_embeddings",
+    "EOT_ID", "SOT_ID", "ClipConfig", "ClipTokenizer", "ImageEncoder", "TextEncoder", "clip_guidance_grad",
+    "clip_loss", "clip_param_shapes", "convert_clip", "get_clip_tokenizer", "image_embeddings", "init_clip_params",
+    "normalize", "text_embeddings",
 ]
