@@ -35,8 +35,10 @@ def label_font(size: int):
     return ImageFont.load_default()
 
 
-def sweep_figure(images: np.ndarray, prompts: Sequence[str], scales: Sequence[float], zoom: int = 2) -> np.ndarray:
-  """The reference lesson's table as one labelled picture: a row per prompt, a column per guidance scale.
+def sweep_figure(images: np.ndarray, prompts: Sequence[str], scales: Sequence[float | str], zoom: int = 2,
+                 title: str = "guidance scale") -> np.ndarray:
+  """The reference lesson's table as one labelled picture: a row per prompt, a column per guidance scale (or
+  per any setting: a string `scales` entry is its column's label, under `title`).
 
   images: uint8 [P, S, K, H, W, C] (K samples per cell, side by side). Returns RGB uint8.
   """
@@ -53,10 +55,11 @@ def sweep_figure(images: np.ndarray, prompts: Sequence[str], scales: Sequence[fl
   height = header_h + p * (cell_h + gap) + gap
   canvas = Image.new("RGB", (width, height), "white")
   draw = ImageDraw.Draw(canvas)
-  draw.text((6, 4), "guidance scale", fill="black", font=font)
+  draw.text((6, 4), title, fill="black", font=font)
   for j, scale in enumerate(scales):
     x0 = label_w + gap + j * (cell_w + gap)
-    draw.text((x0 + cell_w // 2, header_h - 10), f"{scale:g}", fill="black", font=font, anchor="ms")
+    label = scale if isinstance(scale, str) else f"{scale:g}"
+    draw.text((x0 + cell_w // 2, header_h - 10), label, fill="black", font=font, anchor="ms")
   for i, prompt in enumerate(prompts):
     y0 = header_h + gap + i * (cell_h + gap)
     draw.text((6, y0 + cell_h // 2), repr(str(prompt)[:24]), fill="black", font=font, anchor="lm")
