@@ -38,14 +38,15 @@ def test_rows_must_line_up_and_images_be_uint8(tmp_path):
 
 
 def test_the_committed_mnist_cpu_samples_are_a_samples_file():
-  """docs/eval_samples_mnist_cpu.npz, the images behind the README's mnist_cpu seed 1 rows, loads without
-  pickle: 100 samples of each digit at each of the three scales, small enough to keep in the repository."""
+  """docs/eval_samples_mnist_cpu.npz, the 1,000 images of the guidance study's best setting (docs/quality.md),
+  loads without pickle: 100 samples of each digit at guidance 2, and names how they were drawn."""
   path = os.path.join(REPO, "docs", "eval_samples_mnist_cpu.npz")
   assert os.path.getsize(path) <= 3_000_000
   s = load_samples(path)
-  assert s["images"].shape == (3000, 32, 32, 1) and s["images"].dtype == np.uint8
+  assert s["images"].shape == (1000, 32, 32, 1) and s["images"].dtype == np.uint8
   assert s["class_names"].tolist() == list(DIGIT_WORDS)
-  for scale in (1.5, 2.0, 3.0):
-    rows = s["guidance_scale"] == np.float32(scale)
-    np.testing.assert_array_equal(np.bincount(s["prompted"][rows], minlength=10), np.full(10, 100))
-  assert rows.sum() * 3 == len(s["images"])
+  np.testing.assert_array_equal(np.bincount(s["prompted"], minlength=10), np.full(10, 100))
+  assert set(s["guidance_scale"].tolist()) == {2.0}
+  setting = json.loads(str(s["setting"]))
+  assert {k: setting[k] for k in ("sampler", "sampling_steps", "guidance", "guidance_scale")} == {
+      "sampler": "ddpm", "sampling_steps": 100, "guidance": "classifier_free", "guidance_scale": 2.0}
