@@ -15,12 +15,13 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-import flax.traverse_util
 import jax
 import numpy as np
 
 from glide_jax.clip.model import ClipConfig, init_clip_params
 from glide_jax.errors import UserError
+from glide_jax.released import keymap as released_keymap
+from glide_jax.released.keymap import StateDictLayout
 
 # Modules that hold a LayerNorm `ln`, and the Affine layers (f_k and the output f have no bias).
 _LN_OWNERS = r"input|output|block_\d+\.f_attn|block_\d+\.f_mlp"
@@ -45,15 +46,6 @@ def flax_path(torch_key: str) -> tuple[str, ...]:
   raise UserError(f"State-dict key {torch_key!r} is not part of a glide-text2im noised CLIP encoder.")
 
 
-def flax_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-  """The shape a PyTorch tensor of `shape` has in the layout of the Flax parameter at `path`."""
-  if path[-1] != "kernel":
-    return tuple(shape)
-  if len(shape) == 4:  # Conv2d OIHW → HWIO
-    return (shape[2], shape[3], shape[1], shape[0])
-  return tuple(reversed(shape))  # Affine [out, in] → [in, out]
-
-
 def to_flax_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   """A PyTorch tensor in the layout of the Flax parameter at `path`."""
   if path[-1] != "kernel":
@@ -61,39 +53,24 @@ def to_flax_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   return value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
 
 
+def encoder_layout(what: str = "this encoder") -> StateDictLayout:
+  """The noised CLIP encoders' state-dict layout, for the shared checks of glide_jax.released.keymap."""
+  return StateDictLayout(
+      flax_path, to_flax_layout, what,
+      no_place_fix="check that the checkpoint is the right encoder and the CLIP config matches it.",
+      shape_fix="check the CLIP config against the checkpoint.",
+      missing_fix="check that the checkpoint is the right encoder.")
+
+
 def match_keys(source_shapes: Mapping[str, tuple[int, ...]], target: Any,
                what: str = "this encoder") -> dict[str, tuple[str, ...]]:
-  """The Flax path of every state-dict key, checked: each key has a place in `target` (arrays or shape-dtype
-  structs of one encoder's parameters) with the same shape, no two keys share one, and every parameter gets
-  one. `what` names the encoder in messages."""
-  flat_target = flax.traverse_util.flatten_dict(target)
-  paths: dict[str, tuple[str, ...]] = {}
-  sources: dict[tuple[str, ...], str] = {}
-  for key, shape in source_shapes.items():
-    path = flax_path(key)
-    if path in sources:
-      raise UserError(f"State-dict keys {sources[path]!r} and {key!r} both map to {'/'.join(path)}.")
-    sources[path] = key
-    if path not in flat_target:
-      raise UserError(f"State-dict key {key!r} (as {'/'.join(path)}) has no place in {what}; check that the "
-                      f"checkpoint is the right encoder and the CLIP config matches it.")
-    expected, shape = tuple(flat_target[path].shape), tuple(shape)
-    if flax_shape(path, shape) != expected:
-      raise UserError(f"State-dict key {key!r} has shape {shape} (as {'/'.join(path)}: {flax_shape(path, shape)}), "
-                      f"but {what}'s parameter is {expected}; check the CLIP config against the checkpoint.")
-    paths[key] = path
-  missing = sorted("/".join(p) for p in set(flat_target) - set(sources))
-  if missing:
-    raise UserError(f"The state dict lacks {len(missing)} of {what}'s parameters, e.g. {missing[:3]}; check that "
-                    f"the checkpoint is the right encoder.")
-  return paths
+  """The Flax path of every key of one encoder's state dict, checked against `target` (its parameters)."""
+  return released_keymap.match_keys(source_shapes, target, encoder_layout(what))
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Any, what: str = "this encoder") -> Any:
   """Flax parameters shaped like `target` (one encoder's) from that encoder's glide-text2im state dict."""
-  paths = match_keys({k: np.shape(v) for k, v in state_dict.items()}, target, what)
-  return flax.traverse_util.unflatten_dict(
-      {paths[k]: to_flax_layout(paths[k], np.asarray(v, np.float32)) for k, v in state_dict.items()})
+  return released_keymap.convert_state_dict(state_dict, target, encoder_layout(what))
 
 
 def clip_param_shapes(config: ClipConfig) -> dict[str, Any]:

@@ -10,8 +10,9 @@ else is a UserError naming the key.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.traverse_util
 import numpy as np
@@ -58,17 +59,6 @@ def flax_path(torch_key: str) -> tuple[str, ...]:
   return tuple(parts)
 
 
-def flax_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-  """The shape a PyTorch tensor of `shape` has in the layout of the Flax parameter at `path`."""
-  if path[-1] != "kernel":
-    return tuple(shape)
-  if len(shape) == 4:  # Conv2d OIHW → HWIO
-    return (shape[2], shape[3], shape[1], shape[0])
-  if len(shape) == 3:  # Conv1d k=1 [out, in, 1] → dense [in, out]
-    return (shape[1], shape[0])
-  return tuple(reversed(shape))  # Linear [out, in] → [in, out]
-
-
 def to_flax_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   """A PyTorch tensor in the layout of the Flax parameter at `path`."""
   if path[-1] != "kernel":
@@ -80,35 +70,61 @@ def to_flax_layout(path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
   return value.T
 
 
-def match_keys(source_shapes: Mapping[str, tuple[int, ...]], target: Any) -> dict[str, tuple[str, ...]]:
+@dataclasses.dataclass(frozen=True)
+class StateDictLayout:
+  """How one kind of PyTorch state dict maps onto a Flax parameter tree (names, then layouts), and what its
+  errors call the model and advise. GLIDE's diffusion models are `GLIDE_LAYOUT`; the noised CLIP encoders
+  have their own (glide_jax.clip.keymap)."""
+
+  flax_path: Callable[[str], tuple[str, ...]]
+  to_flax_layout: Callable[[tuple[str, ...], np.ndarray], np.ndarray]
+  what: str  # "this model", "the image encoder", ...
+  no_place_fix: str
+  shape_fix: str
+  missing_fix: str
+
+  def flax_shape(self, path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a PyTorch tensor of `shape` has in the layout of the Flax parameter at `path`."""
+    return self.to_flax_layout(path, np.broadcast_to(np.float32(0), shape)).shape
+
+
+GLIDE_LAYOUT = StateDictLayout(
+    flax_path, to_flax_layout, "this model",
+    no_place_fix="check that the config matches the checkpoint's model type and options.",
+    shape_fix="check the config's model options against the checkpoint's.",
+    missing_fix="check the model type (base, upsample, base-inpaint, upsample-inpaint).")
+
+
+def match_keys(source_shapes: Mapping[str, tuple[int, ...]], target: Any,
+               layout: StateDictLayout = GLIDE_LAYOUT) -> dict[str, tuple[str, ...]]:
   """The Flax path of every state-dict key, checked: each key has a place in `target` (arrays or
   shape-dtype structs) with the same shape, no two keys share one, and every parameter gets one."""
   flat_target = flax.traverse_util.flatten_dict(target)
   paths: dict[str, tuple[str, ...]] = {}
   sources: dict[tuple[str, ...], str] = {}
+  what = layout.what
   for key, shape in source_shapes.items():
-    path = flax_path(key)
+    path = layout.flax_path(key)
     if path in sources:
       raise UserError(f"State-dict keys {sources[path]!r} and {key!r} both map to {'/'.join(path)}.")
     sources[path] = key
     if path not in flat_target:
-      raise UserError(f"State-dict key {key!r} (as {'/'.join(path)}) has no place in this model; check that "
-                      f"the config matches the checkpoint's model type and options.")
+      raise UserError(f"State-dict key {key!r} (as {'/'.join(path)}) has no place in {what}; {layout.no_place_fix}")
     expected, shape = tuple(flat_target[path].shape), tuple(shape)
-    if flax_shape(path, shape) != expected:
+    if layout.flax_shape(path, shape) != expected:
       raise UserError(f"State-dict key {key!r} has shape {shape} (as {'/'.join(path)}: "
-                      f"{flax_shape(path, shape)}), but this model's parameter is {expected}; check the config's "
-                      f"model options against the checkpoint's.")
+                      f"{layout.flax_shape(path, shape)}), but {what}'s parameter is {expected}; {layout.shape_fix}")
     paths[key] = path
   missing = sorted("/".join(p) for p in set(flat_target) - set(sources))
   if missing:
-    raise UserError(f"The state dict lacks {len(missing)} of this model's parameters, e.g. {missing[:3]}; check "
-                    f"the model type (base, upsample, base-inpaint, upsample-inpaint).")
+    raise UserError(f"The state dict lacks {len(missing)} of {what}'s parameters, e.g. {missing[:3]}; "
+                    f"{layout.missing_fix}")
   return paths
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Any) -> Any:
-  """Flax parameters shaped like `target` (arrays or shape-dtype structs) from a glide-text2im state dict."""
-  paths = match_keys({k: np.shape(v) for k, v in state_dict.items()}, target)
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], target: Any,
+                       layout: StateDictLayout = GLIDE_LAYOUT) -> Any:
+  """Flax parameters shaped like `target` (arrays or shape-dtype structs) from a state dict of `layout`'s kind."""
+  paths = match_keys({k: np.shape(v) for k, v in state_dict.items()}, target, layout)
   return flax.traverse_util.unflatten_dict(
-      {paths[k]: to_flax_layout(paths[k], np.asarray(v, np.float32)) for k, v in state_dict.items()})
+      {paths[k]: layout.to_flax_layout(paths[k], np.asarray(v, np.float32)) for k, v in state_dict.items()})
