@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from glide_jax.errors import UserError
-from glide_jax.model.tokenizer import _bytes_to_unicode  # CLIP uses GPT-2's byte → unicode map unchanged.
+from glide_jax.model.tokenizer import bpe_merge, bytes_to_unicode  # CLIP uses GPT-2's byte → unicode map unchanged.
 
 # CLIP's vocabulary: 256 byte tokens, the same 256 with the end-of-word suffix, 48,894 merges, then SOT and EOT.
 N_MERGES = 49152 - 256 - 2
@@ -54,7 +54,7 @@ def _load_vocab(path: str) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
   if len(merges) != N_MERGES or any(len(m) != 2 for m in merges):
     raise UserError(f"{path} is not CLIP's BPE vocabulary (it needs {N_MERGES} merges after a header line); "
                     f"restore {CLIP_VOCAB_FILE} from glide-text2im or CLIP.")
-  byte_tokens = list(_bytes_to_unicode().values())
+  byte_tokens = list(bytes_to_unicode().values())
   tokens = byte_tokens + [t + END_OF_WORD for t in byte_tokens] + ["".join(m) for m in merges] + list(_SPECIALS)
   return {t: i for i, t in enumerate(tokens)}, {m: i for i, m in enumerate(merges)}
 
@@ -163,7 +163,7 @@ class ClipTokenizer:
     import regex  # CLIP's pattern needs \p{L} and \p{N}; `regex` is a dependency (as for GPT-2's tokenizer).
 
     self._encoder, self._ranks = _load_vocab(bpe_path or CLIP_VOCAB_PATH)
-    self._byte_encoder = _bytes_to_unicode()
+    self._byte_encoder = bytes_to_unicode()
     # The reference's pattern and flags. Its input is lower-cased, but IGNORECASE still lets "'ſ" match "'s".
     self._pattern = regex.compile(
         r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
@@ -175,21 +175,7 @@ class ClipTokenizer:
     """The merges applied lowest rank first; the last symbol carries the end-of-word suffix."""
     if token in self._cache:
       return self._cache[token]
-    word = list(token[:-1]) + [token[-1] + END_OF_WORD]
-    while len(word) > 1:
-      pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
-      best = min(pairs, key=lambda p: self._ranks.get(p, float("inf")))
-      if best not in self._ranks:
-        break
-      merged, i = [], 0
-      while i < len(word):
-        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-          merged.append(word[i] + word[i + 1])
-          i += 2
-        else:
-          merged.append(word[i])
-          i += 1
-      word = merged
+    word = bpe_merge(list(token[:-1]) + [token[-1] + END_OF_WORD], self._ranks)
     self._cache[token] = word
     return word
 

@@ -93,7 +93,7 @@ class GPT2BPETokenizer(Tokenizer):
     with _open_text(vocab_bpe) as f:
       merges = [tuple(line.split()) for line in f.read().split("\n")[1:] if line.strip()]
     self._ranks = {pair: i for i, pair in enumerate(merges)}
-    self._byte_encoder = _bytes_to_unicode()
+    self._byte_encoder = bytes_to_unicode()
     self._pattern = regex.compile(
         r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
     self._cache: dict[str, list[str]] = {}
@@ -101,21 +101,7 @@ class GPT2BPETokenizer(Tokenizer):
   def _bpe(self, token: str) -> list[str]:
     if token in self._cache:
       return self._cache[token]
-    word = list(token)
-    while len(word) > 1:
-      pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
-      best = min(pairs, key=lambda p: self._ranks.get(p, float("inf")))
-      if best not in self._ranks:
-        break
-      merged, i = [], 0
-      while i < len(word):
-        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
-          merged.append(word[i] + word[i + 1])
-          i += 2
-        else:
-          merged.append(word[i])
-          i += 1
-      word = merged
+    word = bpe_merge(list(token), self._ranks)
     self._cache[token] = word
     return word
 
@@ -131,7 +117,27 @@ def _open_text(path: str):
   return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bpe_merge(word: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+  """The symbols of `word` after byte-level BPE: the adjacent pair of lowest merge rank is joined everywhere,
+  until no adjacent pair has a rank (GPT-2's and CLIP's `bpe`)."""
+  while len(word) > 1:
+    pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+    best = min(pairs, key=lambda p: ranks.get(p, float("inf")))
+    if best not in ranks:
+      break
+    merged, i = [], 0
+    while i < len(word):
+      if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+        merged.append(word[i] + word[i + 1])
+        i += 2
+      else:
+        merged.append(word[i])
+        i += 1
+    word = merged
+  return word
+
+
+def bytes_to_unicode() -> dict[int, str]:
   """GPT-2's reversible map from bytes to printable unicode characters."""
   bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
   cs = bs[:]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from glide_jax.errors import ConfigError
-from glide_jax.model.tokenizer import ByteTokenizer, GPT2BPETokenizer, _bytes_to_unicode, get_tokenizer
+from glide_jax.model.tokenizer import ByteTokenizer, GPT2BPETokenizer, bytes_to_unicode, get_tokenizer
 from helpers.paths import REPO
 
 
@@ -97,7 +97,7 @@ def test_get_tokenizer():
 
 
 def test_gpt2_byte_to_unicode_map_is_a_bijection_onto_printable_characters():
-  table = _bytes_to_unicode()
+  table = bytes_to_unicode()
   assert sorted(table) == list(range(256))
   assert len(set(table.values())) == 256
   assert all(table[b] == chr(b) for b in range(ord("!"), ord("~") + 1))
