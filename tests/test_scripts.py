@@ -1,6 +1,5 @@
 """scripts/: the lesson's reproduction runs end to end (dry run with the tiny config, as CI can afford)."""
 
-import importlib.util
 import json
 import os
 import re
@@ -14,7 +13,7 @@ import pytest
 
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
-from helpers.paths import REPO
+from helpers.paths import REPO, load_script
 from helpers.runs import checkpoint_steps, main_env, metric_steps, read, restore_checkpoint, tiny_config, wait_until
 from helpers.trees import assert_trees_equal
 
@@ -106,10 +105,7 @@ CARRY = os.path.join(REPO, "scripts", "carry_params.py")
 
 
 def _carry_module():
-  spec = importlib.util.spec_from_file_location("carry_params", CARRY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("carry_params")
 
 
 def _carry(*args):

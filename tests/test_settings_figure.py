@@ -1,6 +1,5 @@
 """scripts/settings_figure.py: a column per evaluation setting, a row per digit, from eval samples files."""
 
-import importlib.util
 import os
 import sys
 
@@ -9,16 +8,7 @@ import pytest
 from PIL import Image
 
 from glide_jax.evaluation.samples_file import save_samples
-from helpers.paths import REPO
-
-SCRIPT = os.path.join(REPO, "scripts", "settings_figure.py")
-
-
-def load_script():
-  spec = importlib.util.spec_from_file_location("settings_figure", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from helpers.paths import load_script
 
 
 def eval_dir(path, value_at_scale):
@@ -35,7 +25,7 @@ def test_a_column_per_setting_from_its_scale(tmp_path, monkeypatch, capsys):
   grey = eval_dir(tmp_path / "b", {2.0: 128})
   out = str(tmp_path / "figure.png")
   monkeypatch.setattr(sys, "argv", ["settings_figure.py", out, f"A g2={dark}:2", f"B g2={grey}:2", "--per_cell=2"])
-  load_script().main()
+  load_script("settings_figure").main()
   assert "3 digits x 2 settings, 2 samples each" in capsys.readouterr().out
   figure = np.asarray(Image.open(out).convert("L")).astype(int)
   # Each row holds the two settings' cells side by side: A's at guidance 2 (black), then B's (grey), two
@@ -50,5 +40,5 @@ def test_a_scale_the_file_lacks_is_refused_with_the_scales_it_has(tmp_path, monk
   directory = eval_dir(tmp_path / "a", {2.0: 0, 3.0: 255})
   monkeypatch.setattr(sys, "argv", ["settings_figure.py", str(tmp_path / "f.png"), f"A={directory}:1.5"])
   with pytest.raises(SystemExit, match=r"no samples at guidance 1.5; it has \[2.0, 3.0\]"):
-    load_script().main()
+    load_script("settings_figure").main()
   assert not os.path.exists(tmp_path / "f.png")
