@@ -298,17 +298,15 @@ class Experiment:
     when given (and to `guide_params()` for autoguidance; else bind them with `.bind`); one per model, spec,
     guide network and mesh in this process."""
     spec = spec or self.sampler_spec
-    guide_model = None
-    if spec.guidance == "autoguidance":
-      guide = self.guide_experiment()
-      guide_model = None if guide.model_config == self.model_config else guide.model
+    guide = self.guide_experiment() if spec.guidance == "autoguidance" else None
+    guide_model = None if guide is None or guide.model_config == self.model_config else guide.model
     sampler = programs.kept(
         "sampler", (self._program_key, spec, guide_model and guide_model.config), lambda: GuidedSampler(
             model=self.model, base_diffusion=self.diffusion, spec=spec, pad_id=self.tokenizer.pad_id, mesh=self.mesh,
             guide_model=guide_model))
     if params is None:
       return sampler
-    return sampler.bind(params, guide=self.guide_params()) if spec.guidance == "autoguidance" else sampler.bind(params)
+    return sampler.bind(params) if guide is None else sampler.bind(params, guide=self.guide_params(guide))
 
   def guide_experiment(self) -> "Experiment":
     """The run autoguidance guides with: sample.guide_workdir's (its own saved config: it may be a smaller
@@ -329,11 +327,11 @@ class Experiment:
                       "train it with the same values (a smaller model_channels is fine).")
     return guide
 
-  def guide_params(self) -> Any:
+  def guide_params(self, guide: Optional["Experiment"] = None) -> Any:
     """The parameters autoguidance guides with (EMA or not, as config.sample.use_ema): checkpoint
-    sample.guide_step of `guide_experiment()`, or its latest."""
+    sample.guide_step of `guide` (default: `guide_experiment()`), or its latest."""
     s = self.config.sample
-    guide = self.guide_experiment()
+    guide = guide or self.guide_experiment()
     if s.guide_step:
       with guide.checkpointer(read_only=True) as checkpointer:
         steps = checkpointer.all_steps()
