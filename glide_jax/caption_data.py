@@ -281,11 +281,11 @@ def tfds_captions(examples: Sequence[dict], name: str, split: str, image_feature
   return CaptionDataset(np.stack(images), tuple(captions), tuple(origins))
 
 
-def check_caption_lengths(dataset: CaptionDataset, encode, text_ctx: int) -> None:
+def check_caption_lengths(dataset: CaptionDataset, encode, text_ctx: int, field: str = "model.text_ctx") -> None:
   """A UserError naming the first caption whose tokens do not fit the model's text context."""
   for captions, origins in zip(dataset.captions, dataset.origins):
     for caption, origin in zip(captions, origins):
       n = len(encode(caption))
       if n > text_ctx:
         raise UserError(f"{origin}: the caption {caption[:60]!r} is {n} tokens, longer than the text context of "
-                        f"{text_ctx} (config.model.text_ctx); shorten it or raise model.text_ctx.")
+                        f"{text_ctx} (config.{field}); shorten it or raise {field}.")

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from glide_jax.errors import report_errors
-from glide_jax.runtime import quiet_library_noise, stop_on_sigterm_before_work, use_all_cpu_cores
+from glide_jax.runtime import TRAINING_MODES, quiet_library_noise, stop_on_sigterm_before_work, use_all_cpu_cores
 
 # Mode → "module:function(config, workdir, **the mode's own flags)", imported only when chosen.
 MODES = {
@@ -31,6 +31,7 @@ MODES = {
     "eval": "glide_jax.modes.eval:run",
     "eval_edit": "glide_jax.modes.eval_edit:run",
     "train_classifier": "glide_jax.modes.train_classifier:run",
+    "train_clip": "glide_jax.modes.train_clip:run",
     "convert": "glide_jax.modes.convert:run",
     "benchmark": "glide_jax.modes.benchmark:run",
 }
@@ -42,6 +43,7 @@ MODE = flags.DEFINE_enum("mode", "train", list(MODES),
                          "What to do: train, sample (guidance sweep), edit (regenerate part of images to match "
                          "prompts), eval (sample quality per guidance scale; for an inpainting run, edit quality), "
                          "eval_edit (edit quality), train_classifier (train and cache the classifier eval uses), "
+                         "train_clip (a noised CLIP for CLIP guidance), "
                          "convert (a released GLIDE checkpoint into --workdir), benchmark (step time and memory).")
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file; override fields as --config.a.b=value.",
                                 lock_config=True)
@@ -64,10 +66,11 @@ PROCESS_ID = flags.DEFINE_integer("process_id", _env_int("JAX_PROCESS_ID"),
 # Flags of one mode only, passed to its function by name.
 MODE_FLAGS = {
     "convert": (
-        flags.DEFINE_enum("model", None, ["base", "upsample", "base-inpaint", "upsample-inpaint"],
-                          "--mode=convert: which released GLIDE model the checkpoint is."),
+        flags.DEFINE_enum("model", None, ["base", "upsample", "base-inpaint", "upsample-inpaint", "clip"],
+                          "--mode=convert: which released GLIDE model the checkpoint is (clip: the noised CLIP)."),
         flags.DEFINE_string("checkpoint", None, "--mode=convert: the downloaded .pt file (or .safetensors, or an "
-                            ".npz of its arrays)."),
+                            ".npz of its arrays); for --model=clip the image and text encoders' files, "
+                            "comma-separated."),
     ),
     "benchmark": (
         flags.DEFINE_multi_integer("batch", None, "--mode=benchmark: global batch size(s) to time (default: the "
@@ -115,7 +118,7 @@ def _run_mode() -> None:
   try:
     getattr(importlib.import_module(module_name), function_name)(config, WORKDIR.value, **options)
   except KeyboardInterrupt:
-    if mode == "train":  # Training's own guard saves and reports its stops; this is one before it started.
+    if mode in TRAINING_MODES:  # Training's own guard saves and reports its stops; this is one before it started.
       raise
     print(_stopped_message("SIGINT", mode), file=sys.stderr, flush=True)
     sys.exit(130)
@@ -138,7 +141,7 @@ def main(argv: list[str]) -> None:
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every save at INFO; -v 0 shows them.
-  if MODE.value != "train":  # Training's own handler saves a checkpoint; the other modes unwind and say so.
+  if MODE.value not in TRAINING_MODES:  # Training's own handler saves a checkpoint; the other modes unwind and say so.
     signal.signal(signal.SIGTERM, _stop_now)
   report_errors(_run_mode)
 

@@ -13,6 +13,7 @@ import os
 
 import ml_collections
 
+from glide_jax.clip.tokenizer import VOCAB_SIZE as CLIP_VOCAB_SIZE
 from glide_jax.data import format_prompt
 from glide_jax.diffusion import SAMPLERS, SCHEDULE_NAMES, space_timesteps
 from glide_jax.errors import ConfigError
@@ -146,6 +147,10 @@ def default_config() -> ml_collections.ConfigDict:
   # this run (an earlier one), or of guide_workdir, another run of the same model (its latest when 0).
   c.sample.guide_step = 0
   c.sample.guide_workdir = ""
+  # CLIP guidance (guidance="clip", GLIDE §2.4): a noised CLIP's workdir (--mode=train_clip, or a converted
+  # release); the scales are the gradient's (glide-text2im's clip_guided notebook uses 3). use_ema picks the
+  # CLIP's EMA or raw parameters too.
+  c.sample.clip_workdir = ""
   c.sample.num_per_prompt = 1
   c.sample.use_ema = True
   c.sample.batch_size = 64
@@ -178,6 +183,24 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.classifier_batch_size = 128
   c.eval.classifier_learning_rate = 2e-3
   c.eval.classifier_augment = True  # Random shifts of up to 2 pixels (at 32x32).
+
+  # A noised CLIP (GLIDE §2.4, glide_jax/clip): its image encoder reads x_t at data.image_size, data.channels
+  # and the diffusion's timesteps; --mode=train_clip trains it with config.train's optimiser, batch and steps
+  # (configs/mnist_clip_cpu.py). Widths are heads × head width, as in glide-text2im's clip/config.yaml.
+  c.clip = ml_collections.ConfigDict()
+  c.clip.patch_size = 4
+  c.clip.image_heads = 2
+  c.clip.image_head_width = 32
+  c.clip.image_blocks = 4
+  c.clip.text_heads = 2
+  c.clip.text_head_width = 32
+  c.clip.text_blocks = 2
+  c.clip.n_vocab = 0               # Rows of the token table; 0 = CLIP's BPE vocabulary (49,408; the release: 65,536).
+  # CLIP tokens per prompt, SOT and EOT included: sampling truncates longer prompts (with a warning), as
+  # glide-text2im does; training refuses captions longer than this.
+  c.clip.max_text_len = 16
+  c.clip.embed_dim = 64
+  c.clip.logit_scale = 100.0       # Fixed, as the released model's exp(log scale).
 
   c.mesh = ml_collections.ConfigDict()
   # Sizes of the mesh axes (data, fsdp); -1 = all remaining devices. The batch is split over both axes;
@@ -241,6 +264,7 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   _validate_eval(c.eval)
   _validate_mesh(c.mesh)
   _validate_upsampler(c)
+  _validate_clip(c.clip, c.data)
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
@@ -488,6 +512,15 @@ def _validate_sample(s: ml_collections.ConfigDict, num_timesteps: int) -> None:
       if s[name]:
         _fail(f"sample.{name}", s[name], "only autoguidance reads it: add --config.sample.guidance=autoguidance, "
               "or leave it unset.")
+  if not isinstance(s.clip_workdir, str):
+    _fail("sample.clip_workdir", s.clip_workdir, "give the workdir of a noised CLIP (--mode=train_clip or "
+          "--mode=convert --model=clip), or ''.")
+  if s.guidance == "clip" and not s.clip_workdir:
+    _fail("sample.guidance", s.guidance, "CLIP guidance needs a noised CLIP: --config.sample.clip_workdir=DIR, a run "
+          "of --mode=train_clip (or --mode=convert --model=clip).")
+  if s.guidance != "clip" and s.clip_workdir:
+    _fail("sample.clip_workdir", s.clip_workdir, "only CLIP guidance reads it: add --config.sample.guidance=clip, "
+          "or leave it unset.")
   _check_int("sample.num_per_prompt", s.num_per_prompt, 1)
   _check_int("sample.batch_size", s.batch_size, 1)
   if not isinstance(s.use_ema, bool):
@@ -529,6 +562,21 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
     _fail("eval.classifier_train_split", e.classifier_train_split, "give a TFDS split such as 'train'.")
   if not isinstance(e.classifier_augment, bool):
     _fail("eval.classifier_augment", e.classifier_augment, "it must be True or False.")
+
+
+def _validate_clip(k: ml_collections.ConfigDict, d: ml_collections.ConfigDict) -> None:
+  """config.clip: the noised CLIP's sizes (its image size and channels are data's)."""
+  for name in ("patch_size", "image_heads", "image_head_width", "image_blocks", "text_heads", "text_head_width",
+               "text_blocks", "embed_dim"):
+    _check_int(f"clip.{name}", k[name], 1)
+  if _is_int(d.image_size) and d.image_size % k.patch_size:
+    _fail("clip.patch_size", k.patch_size, f"the image encoder cuts data.image_size ({d.image_size}) into patches: "
+          f"give a divisor of it, e.g. 4.")
+  if not (_is_int(k.n_vocab) and (k.n_vocab == 0 or k.n_vocab >= CLIP_VOCAB_SIZE)):
+    _fail("clip.n_vocab", k.n_vocab, f"give 0 (CLIP's {CLIP_VOCAB_SIZE:,} BPE ids) or a table at least that large.")
+  _check_int("clip.max_text_len", k.max_text_len, 2, " (a prompt's tokens start with SOT and end with EOT)")
+  if not (_is_number(k.logit_scale) and k.logit_scale > 0):
+    _fail("clip.logit_scale", k.logit_scale, "it must be a positive number (the release's is 100).")
 
 
 def _validate_mesh(mesh: ml_collections.ConfigDict) -> None:

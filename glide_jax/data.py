@@ -277,6 +277,8 @@ class BatchSource:
   one of its captions.
   """
 
+  context_field = "model.text_ctx"  # The config field that sets text_ctx, for the error a long caption gets.
+
   def __init__(self, dataset: ImageDataset | CaptionDataset, tokenizer: Tokenizer, text_ctx: int,
                templates: Sequence[str], global_batch: int, seed: int, process_index: int = 0,
                process_count: int = 1):
@@ -292,7 +294,7 @@ class BatchSource:
     self.steps_per_epoch = len(dataset) // global_batch
     self._perm_epoch, self._perm = -1, None
     if isinstance(dataset, CaptionDataset):
-      caption_data.check_caption_lengths(dataset, tokenizer.encode, text_ctx)
+      caption_data.check_caption_lengths(dataset, tokenizer.encode, text_ctx, self.context_field)
       self._num_captions = np.array([len(c) for c in dataset.captions])
       return
     self.num_templates = len(templates)

@@ -17,6 +17,7 @@ STREAM_TAGS = {
     "eval": 3,        # --mode=eval's samples (folded with the batch; the same key at every guidance scale).
     "classifier": 4,  # The evaluation classifier's initial parameters and augmentation.
     "edit": 5,        # --mode=edit's samples (folded with the batch).
+    "zero_shot": 6,   # The noise of a CLIP run's zero-shot report (folded with the batch).
 }
 
 

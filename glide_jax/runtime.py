@@ -22,6 +22,10 @@ def cache_root() -> str:
   return os.path.expanduser(os.environ.get("GLIDE_CACHE_DIR") or os.path.join("~", ".cache", "glide_jax"))
 
 
+# The modes whose training loop handles SIGTERM and SIGINT itself (saving a checkpoint).
+TRAINING_MODES = ("train", "train_clip")
+
+
 def _stopped_before_work(signum, frame):
   """SIGTERM while starting up (imports, flags): nothing has been written yet, so stop with a message.
 
@@ -29,7 +33,7 @@ def _stopped_before_work(signum, frame):
   __del__, where a raised exception is printed as "Exception ignored" and the run goes on.
   """
   mode = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--mode=")), "train")
-  if mode == "train":  # A clean stop, as a preempted trainer's: exit 0.
+  if mode in TRAINING_MODES:  # A clean stop, as a preempted trainer's: exit 0.
     print(f"Stopped by {signal.Signals(signum).name} before the first step; nothing new to save. Rerun the same "
           f"command to start or resume.", flush=True)
     code = 0

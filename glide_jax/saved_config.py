@@ -75,6 +75,11 @@ def _differences(saved: dict, current: ml_collections.ConfigDict, fields: tuple[
           for k in keys if saved_flat.get(k, missing) != current_flat.get(k, missing)]
 
 
+def differences(saved: dict, current: ml_collections.ConfigDict, fields: tuple[str, ...]) -> list[str]:
+  """'field: saved → current' for every field under `fields` whose values differ."""
+  return _differences(saved, current, fields)
+
+
 def model_config_differences(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
   """'field: saved → current' for every model-defining field that differs."""
   return _differences(saved, current, MODEL_FIELDS, COMPUTE_ONLY_FIELDS, ADDED_FIELD_DEFAULTS)

@@ -84,3 +84,16 @@ def pytest_collection_modifyitems(config, items):
     if _file_seconds(item) >= SLOW_SECONDS:
       item.add_marker(pytest.mark.slow)
   items.sort(key=lambda item: -_file_seconds(item))  # Stable: tests keep their order within a file.
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_run(tmp_path_factory):
+  """(config, workdir) of a finished 4-step --mode=train_clip run on the tiny config's data: the CLIP that the
+  training and the CLIP-guided sampling tests share."""
+  from glide_jax.modes.train_clip import run
+  from helpers.runs import tiny_clip_config
+
+  config = tiny_clip_config()
+  workdir = str(tmp_path_factory.mktemp("tiny_clip"))
+  run(config, workdir)
+  return config, workdir

@@ -43,6 +43,8 @@ def test_the_allowed_names_are_the_implementations_tables(field, names):
     config[section][name] = value
     if value == "autoguidance":
       config.sample.guide_step = 1  # It needs a guide.
+    if value == "clip":
+      config.sample.clip_workdir = "runs/clip"  # It needs a CLIP.
     validate_config(config)
   names = ATTENTION_IMPLS + ("auto",) if field == "model.attention_impl" else names  # cudnn: not on CPU.
   config = tiny.get_config()
@@ -127,6 +129,13 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("sample.guide_workdir", "/some/run", "sample.guide_workdir"),
     ("sample.apg_eta", 0.5, "sample.apg_eta"),  # Read by adaptive projected guidance only.
     ("sample.apg_norm_threshold", 2.0, "sample.apg_norm_threshold"),
+    ("sample.guidance", "clip", "sample.guidance"),  # Without a CLIP.
+    ("sample.clip_workdir", "/some/clip", "sample.clip_workdir"),  # Read by CLIP guidance only.
+    ("clip.patch_size", 5, "clip.patch_size"),  # Does not divide the 32 px images.
+    ("clip.image_blocks", 0, "clip.image_blocks"),
+    ("clip.n_vocab", 1000, "clip.n_vocab"),  # Smaller than CLIP's BPE vocabulary.
+    ("clip.max_text_len", 1, "clip.max_text_len"),
+    ("clip.logit_scale", 0.0, "clip.logit_scale"),
     ("eval.shipped_classifier", None, "eval.shipped_classifier"),
     ("sample.num_per_prompt", 0, "sample.num_per_prompt"),
     ("sample.batch_size", 0, "sample.batch_size"),

@@ -31,7 +31,8 @@ def test_notebook_executes_with_the_tiny_config(tmp_path):
       NOTEBOOK, str(out), cwd=os.path.join(REPO, "notebooks"), kernel_name="python3", progress_bar=False,
       parameters=dict(
           CONFIG="configs/tiny.py", WORKDIR=str(workdir), NUM_STEPS=10, GUIDANCE_SCALES=[0.0, 3.0],
-          SAMPLE_RESPACING="5", EVAL_SAMPLES_PER_DIGIT=2, INPAINT_STEPS=2,
+          SAMPLE_RESPACING="5", EVAL_SAMPLES_PER_DIGIT=2, INPAINT_STEPS=2, CLIP_STEPS=2,
+          CLIP_CONFIG="configs/tiny_clip.py", CLIP_GUIDANCE_SCALES=[0.0, 30.0],
           OVERRIDES={"eval.classifier_dir": str(tmp_path / "classifier"),
                      "eval.classifier_train_split": "train[:1024]", "eval.classifier_steps": 60,
                      "eval.classifier_batch_size": 64}))
@@ -43,14 +44,17 @@ def test_notebook_executes_with_the_tiny_config(tmp_path):
     executed = json.load(f)
   images = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]
-  # The data preview, the guidance sweep, the evaluation plot and the edits, shown inline.
-  assert len(images) == 4
+  # The data preview, the guidance sweep, the evaluation plot, the edits and the CLIP-guided samples, inline.
+  assert len(images) == 5
+  assert sorted(os.listdir(str(workdir) + "_clip/clip_checkpoints")) == ["2"]
+  assert os.path.isfile(str(workdir) + "_clip/clip_guided.png")
   assert sorted(os.listdir(str(workdir) + "_inpaint" + "/checkpoints")) == ["2"]
   assert os.path.isfile(str(workdir) + "_inpaint/edits/edit.png")
   text = "".join("".join(o.get("text", "")) for c in executed["cells"] if c["cell_type"] == "code"
                  for o in c.get("outputs", []))
   assert "trained to step 10" in text and "guidance" in text
   assert "Starting from the EMA parameters of" in text and "by the inpainting model" in text
+  assert "Zero-shot accuracy on test[:256]" in text
   assert "mnist train[:512]: 512 images of (16, 16, 1)" in text and "classes zero, one, two" in text
 
 

@@ -39,9 +39,11 @@ class ClipConfig:
   Encoder widths are heads × head width, as in the reference. `logit_scale` is the scale itself (100), not
   its log: the reference keeps log(logit_scale) and applies exp. `beta_schedule` is the diffusion schedule the
   image encoder was trained on; its timesteps are that schedule's original (unrespaced) step indices.
+  `image_channels` is 3 for the reference (RGB); a CLIP trained here on grey images (MNIST) takes 1.
   """
 
   image_size: int = 64
+  image_channels: int = 3
   patch_size: int = 4
   n_timesteps: int = 1000
   image_heads: int = 12
@@ -180,7 +182,10 @@ class ImageEmbedding(nn.Module):
     w_pos = self.param("w_pos", nn.initializers.normal(1 / math.sqrt(width)), (c.image_tokens, width))
     # (x + 1) · 127.5 is CLIPModel's map to [0, 255]; the channel statistics are the encoder's own.
     pixels = (x.astype(jnp.float32) + 1) * 127.5
-    pixels = (pixels - jnp.asarray(IMAGE_CHANNEL_MEANS)) / jnp.asarray(IMAGE_CHANNEL_STDS)
+    means, stds = jnp.asarray(IMAGE_CHANNEL_MEANS), jnp.asarray(IMAGE_CHANNEL_STDS)
+    if c.image_channels != 3:  # Grey images: the statistics' mean over RGB, for every channel.
+      means, stds = jnp.mean(means, keepdims=True), jnp.mean(stds, keepdims=True)
+    pixels = (pixels - means) / stds
     patches = nn.Conv(width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size), padding="VALID",
                       use_bias=False, kernel_init=nn.initializers.normal(math.sqrt(2 / (width * c.patch_size**2))),
                       name="patch_proj")(pixels)
@@ -203,8 +208,8 @@ class ImageEncoder(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, t: jax.Array, return_probe_features: bool = False) -> jax.Array:
     c = self.config
-    if x.shape[1:] != (c.image_size, c.image_size, 3):
-      raise ValueError(f"expected images [B, {c.image_size}, {c.image_size}, 3], got {x.shape}")
+    if x.shape[1:] != (c.image_size, c.image_size, c.image_channels):
+      raise ValueError(f"expected images [B, {c.image_size}, {c.image_size}, {c.image_channels}], got {x.shape}")
     h = ImageEmbedding(c, name="input")(x, t)
     for i in range(c.image_blocks):
       h = TransformerBlock(c.image_heads, c.image_head_width, 2 * c.image_blocks, causal=False, name=f"block_{i}")(h)
@@ -260,7 +265,7 @@ class _FeatureExtractor(nn.Module):
 def init_clip_params(config: ClipConfig, rng: jax.Array) -> dict[str, Params]:
   """Fresh parameters {"image_enc": …, "text_enc": …} with the reference's initialisations."""
   image_rng, text_rng = jax.random.split(rng)
-  x = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
+  x = jnp.zeros((1, config.image_size, config.image_size, config.image_channels), jnp.float32)
   tokens = jnp.zeros((1, config.max_text_len), jnp.int32)
   ones = jnp.ones((1,), jnp.int32)
   return {"image_enc": ImageEncoder(config).init(image_rng, x, ones)["params"],

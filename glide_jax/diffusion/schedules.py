@@ -31,13 +31,18 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar, max_beta: float = 0.999) 
 SCHEDULE_NAMES = ("linear", "squaredcos_cap_v2", "cosine")
 
 
+def canonical_schedule_name(name: str) -> str:
+  """The schedule's reference name: "cosine" is "squaredcos_cap_v2"."""
+  return "squaredcos_cap_v2" if name == "cosine" else name
+
+
 def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
   """Betas [T] in float64 for "linear" or "squaredcos_cap_v2" (alias "cosine")."""
   if num_timesteps < 1:
     raise ConfigError(f"config.diffusion.num_timesteps must be a positive integer, got {num_timesteps}.")
   if name == "linear":
     return linear_beta_schedule(num_timesteps)
-  if name in ("squaredcos_cap_v2", "cosine"):
+  if canonical_schedule_name(name) == "squaredcos_cap_v2":
     return betas_for_alpha_bar(num_timesteps, alpha_bar_cosine)
   raise ConfigError(
       f"Unknown noise schedule {name!r}: config.diffusion.noise_schedule must be 'linear' or 'squaredcos_cap_v2'.")

@@ -35,6 +35,8 @@ def sampling_settings(sample_config, num_steps: int, forward_passes: int) -> dic
     settings.update(apg_eta=float(s.apg_eta), apg_norm_threshold=float(s.apg_norm_threshold))
   if s.guidance == "autoguidance":
     settings.update(guide_workdir=s.guide_workdir, guide_step=int(s.guide_step))
+  if s.guidance == "clip":  # Each step also differentiates the CLIP once (not counted as a forward pass).
+    settings.update(clip_workdir=s.clip_workdir)
   return settings
 
 

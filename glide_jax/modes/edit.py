@@ -34,7 +34,7 @@ def edit_grid(exp: Experiment, params, images_uint8: np.ndarray, known: np.ndarr
   sampler = exp.sampler(params)
   n, p, k = len(images_uint8), len(prompts), len(scales)
   rows = np.array([(i, j, m) for i in range(n) for j in range(p) for m in range(k)])
-  tokens, mask = exp.tokenizer.tokenize_batch(list(prompts), exp.config.model.text_ctx)
+  tokens, mask = exp.prompt_rows(prompts, sampler)
   flat = batched.sample_in_batches(
       sampler, tokens[rows[:, 1]], mask[rows[:, 1]], np.asarray(scales, np.float32)[rows[:, 2]], rng,
       s.batch_size, exp.mesh.size, images=data_lib.to_model_range(images_uint8)[rows[:, 0]], known=known[rows[:, 0]])

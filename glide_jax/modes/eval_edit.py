@@ -92,12 +92,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   known = np.broadcast_to(load_known_mask(e.mask, config.data.image_size, config.data.image_size),
                           (n, config.data.image_size, config.data.image_size, 1)).copy()
   scorer = metrics.Scorer(classifier, test, config.eval.batch_size)
-  tokenizer = runs[0][1].tokenizer
-  tokens, mask = tokenizer.tokenize_batch(list(test.class_names), config.model.text_ctx)
   results, steps, rows = [], {}, []
   for method, exp in runs:
     params, steps[method] = exp.load_params(s.use_ema)
     sampler = exp.sampler(params)
+    tokens, mask = exp.prompt_rows(test.class_names, sampler)
     if is_main:
       print(f"Editing {n} test images ({e.mask!r} regenerated as the next class) by the {method} "
             f"(step {steps[method]}, {exp.workdir}), {s.sampler} with {sampler.num_steps} steps.", flush=True)

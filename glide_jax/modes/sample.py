@@ -68,13 +68,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
     if s.guidance == "autoguidance" and not exp.model_config.super_res:
       which = f"checkpoint {s.guide_step}" if s.guide_step else "the latest checkpoint"
       guide = f", guided by {which} of {s.guide_workdir or 'this run'}"
+    if s.guidance == "clip" and not exp.model_config.super_res:
+      guide = f", CLIP-guided by {s.clip_workdir}"
     print(f"Wrote {len(scales)} grids, {paths['figure']} and {paths['npz']} (checkpoint step {step}, "
           f"{'EMA' if s.use_ema else 'raw'} parameters{guide}).", flush=True)
   return paths
 
 
 def base_experiment(upsampler: Experiment) -> Experiment:
-  """The run config.sample.base_workdir names, checked to produce what `upsampler` enlarges."""
+  """The run config.sample.base_workdir names, checked to produce what `upsampler` enlarges. It samples with its
+  own saved settings, except that CLIP guidance asked of the upsampler guides the base stage (glide-text2im's
+  clip_guided notebook; the upsampler itself is unguided)."""
   s = upsampler.config.sample
   if not s.base_workdir:
     raise UserError("This workdir holds an upsampler: --mode=sample enlarges a base model's samples. Name the "
@@ -85,6 +89,8 @@ def base_experiment(upsampler: Experiment) -> Experiment:
     raise UserError(f"config.sample.base_workdir {s.base_workdir} holds a {got.image_size} px, {got.in_channels}-"
                     f"channel {'upsampler' if got.super_res else 'model'}; this upsampler enlarges "
                     f"{want.low_res_size} px, {want.in_channels}-channel images from a base model.")
+  if s.guidance == "clip":
+    base.config.sample.guidance, base.config.sample.clip_workdir = "clip", s.clip_workdir
   return base
 
 

@@ -18,6 +18,7 @@ from glide_jax.config import default_config
 from glide_jax.errors import TrainingDivergedError
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
+from glide_jax.run import Run
 from glide_jax.sampling import images as images_lib
 from glide_jax.sampling.guided import SamplerSpec
 from glide_jax.train.metrics_writer import MetricsWindow, MetricWriter
@@ -98,12 +99,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   first step: returns at once). Everything the config, the devices and the dataset can get wrong is
   reported before the workdir is touched.
   """
+  return train(Experiment(config, workdir))
+
+
+def train(exp: Run) -> TrainState:
+  """`run` for a Run already built: a diffusion model's Experiment, or a noised CLIP's (glide_jax.clip.experiment)."""
   with PreemptionGuard() as guard:
-    return _train(config, workdir, guard)
+    return _train(exp, guard)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGuard) -> TrainState:
-  exp = Experiment(config, workdir)
+def _train(exp: Run, guard: PreemptionGuard) -> TrainState:
   step_fn = exp.train_step_fn()
   batches = exp.batch_source()
   workdir = exp.open_workdir(create=True)
@@ -113,7 +118,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, guard: PreemptionGua
     return _train_locked(exp, workdir, step_fn, batches, guard)
 
 
-def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: PreemptionGuard) -> TrainState:
+def _train_locked(exp: Run, workdir: str, step_fn, batches, guard: PreemptionGuard) -> TrainState:
   """Restores or initialises the state, then trains unless there is nothing to do or a stop came first."""
   t = exp.config.train
   is_main = jax.process_index() == 0
@@ -142,12 +147,14 @@ def _train_locked(exp: Experiment, workdir: str, step_fn, batches, guard: Preemp
     return _train_steps(exp, state, start, step_fn, batches, checkpointer, guard, workdir)
 
 
-def _train_steps(exp: Experiment, state: TrainState, start: int, step_fn, batches, checkpointer, guard,
+def _train_steps(exp: Run, state: TrainState, start: int, step_fn, batches, checkpointer, guard,
                  workdir: str) -> TrainState:
   """The loop from step `start` to num_steps: steps, checkpoints, metrics, sample grids and clean stops."""
   config, t = exp.config, exp.config.train
   is_main = jax.process_index() == 0
-  sampler = TrainingSampler(exp, batches.dataset.sample_prompts(), workdir) if t.sample_every else None
+  sampler = None
+  if t.sample_every and exp.samples_while_training:
+    sampler = TrainingSampler(exp, batches.dataset.sample_prompts(), workdir)
   train_rng = exp.train_rng
   writer = MetricWriter(workdir)
   bar = _progress_bar(start, t.num_steps)

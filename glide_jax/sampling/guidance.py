@@ -13,7 +13,9 @@ same prompt (an earlier checkpoint of the run, or a smaller model), bound as `Gu
 Adaptive projected guidance (Sadat et al. 2024) keeps classifier-free guidance's two passes but changes how
 they combine, on the denoised predictions x̂_0. Guidance may be limited to an interval of timesteps
 (Kynkäänniemi et al. 2024, arXiv:2404.07724); outside it the step uses ε_c alone (s = 1), from a forward
-pass on the B conditional rows only.
+pass on the B conditional rows only. CLIP guidance (GLIDE §2.4) runs the conditional model once per step and
+moves the step itself by s ∇ of a noised CLIP's image–prompt similarity (`GuidanceRule.cond_fn`); its prompts
+reach the sampler in CLIP tokens, packed beside the model's (`pack_clip_rows`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from glide_jax.clip.model import ClipConfig, clip_guidance_grad, text_embeddings
 from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.diffusion.gaussian import extract
-from glide_jax.diffusion.samplers import ModelFn
+from glide_jax.diffusion.samplers import CondFn, ModelFn
 from glide_jax.model import Text2ImUNet
 
 
@@ -48,6 +51,8 @@ class GuidanceInputs:
   apg_eta: float  # Adaptive projected guidance: the weight of the update's part parallel to x̂_0(c).
   apg_norm_threshold: float  # And the bound r on the update's norm per sample (0: unbounded).
   extra_inputs: dict[str, jax.Array]  # An inpainting model's image and mask, an upsampler's low_res: [B, ...].
+  clip_config: Optional[ClipConfig] = None  # CLIP guidance: the noised CLIP of params["clip"],
+  clip_text: Optional[tuple[jax.Array, jax.Array]] = None  # and the prompts' CLIP tokens [B, L] and lengths [B].
 
   def network(self, params: str) -> Text2ImUNet:
     """The module that the parameters named `params` belong to."""
@@ -190,11 +195,49 @@ def conditional_model_fn(g: GuidanceInputs) -> ModelFn:
   return g.denoise
 
 
+def pack_clip_rows(tokens: np.ndarray, mask: np.ndarray, clip_tokens: np.ndarray,
+                   clip_len: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The sampler's prompt rows for CLIP guidance: [model tokens | CLIP tokens] [B, L + L_clip], and the mask
+  [model mask | CLIP positions < length], so that batching and sharding treat them as any prompt rows."""
+  clip_mask = np.arange(clip_tokens.shape[1])[None, :] < np.asarray(clip_len)[:, None]
+  return (np.concatenate([tokens, clip_tokens.astype(tokens.dtype)], axis=1),
+          np.concatenate([mask, clip_mask.astype(mask.dtype)], axis=1))
+
+
+def split_clip_rows(tokens: jax.Array, mask: jax.Array, text_ctx: int) -> tuple[tuple[jax.Array, jax.Array],
+                                                                               tuple[jax.Array, jax.Array]]:
+  """`pack_clip_rows` undone: ((model tokens, mask), (CLIP tokens, lengths))."""
+  clip_len = jnp.sum(mask[:, text_ctx:].astype(jnp.int32), axis=1)
+  return (tokens[:, :text_ctx], mask[:, :text_ctx]), (tokens[:, text_ctx:], clip_len)
+
+
+def clip_cond_fn(g: GuidanceInputs) -> CondFn:
+  """s ∇_{x_t} (logit_scale · ⟨f(x_t, t), g(c)⟩), f and g the noised CLIP's normalised image and text
+  embeddings (GLIDE §2.4; glide-text2im's `CLIPModel.cond_fn`) at the original timestep of each respaced step,
+  s the row's guidance scale inside the guidance interval and 0 outside it. The prompts' embeddings are
+  computed once per sampler call."""
+  params = g.params["clip"]
+  text = text_embeddings(g.clip_config, params, *g.clip_text)
+  timestep_map = jnp.asarray(g.diffusion.timestep_map)
+
+  def cond_fn(x: jax.Array, t: jax.Array) -> jax.Array:
+    original = timestep_map[t]
+    active = guidance_active(original, g.num_timesteps, g.interval)
+    scale = jnp.where(active, g.scales, 0.0).reshape(-1, *([1] * (x.ndim - 1)))
+    if g.interval[0] <= 0.0 and g.interval[1] >= 1.0:
+      return clip_guidance_grad(g.clip_config, params, x, original, text, scale)
+    return jax.lax.cond(jnp.any(active), lambda x: clip_guidance_grad(g.clip_config, params, x, original, text, scale),
+                        jnp.zeros_like, x)  # No CLIP pass at the steps outside the interval.
+
+  return cond_fn
+
+
 @dataclasses.dataclass(frozen=True)
 class GuidanceRule:
   text_rows: Callable[[jax.Array, jax.Array, int], tuple[jax.Array, jax.Array]]  # (tokens, mask, pad_id) → rows
   model_fn: Callable[[GuidanceInputs], ModelFn]
   passes_when_guided: int = 2  # Forward passes per sample at a guided step (1 at the others).
+  cond_fn: Optional[Callable[[GuidanceInputs], CondFn]] = None  # A gradient that moves each step (CLIP's).
 
 
 # The rules config.sample.guidance may name (the config validator reads this table's keys).
@@ -205,4 +248,7 @@ GUIDANCE: dict[str, GuidanceRule] = {
     # Needs the guide's parameters: sampler.bind(params, guide=guide_params).
     "autoguidance": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), autoguidance_model_fn),
     "none": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), conditional_model_fn, passes_when_guided=1),
+    # Needs a noised CLIP: sampler.bind(params, clip=clip_params), prompts packed by pack_clip_rows.
+    "clip": GuidanceRule(lambda tokens, mask, pad_id: (tokens, mask), conditional_model_fn, passes_when_guided=1,
+                         cond_fn=clip_cond_fn),
 }

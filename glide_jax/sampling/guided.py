@@ -20,9 +20,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from glide_jax import sharding as sharding_lib
+from glide_jax.clip.model import ClipConfig
 from glide_jax.diffusion import SAMPLERS, GaussianDiffusion, known_region, respace, sample_loop, space_timesteps
 from glide_jax.model import Text2ImUNet
-from glide_jax.sampling.guidance import GUIDANCE, GuidanceInputs, guidance_active
+from glide_jax.sampling.guidance import GUIDANCE, GuidanceInputs, guidance_active, split_clip_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +65,18 @@ class GuidedSampler:
   pad_id: int = 256
   mesh: Optional[Mesh] = None
   guide_model: Optional[Text2ImUNet] = None  # Autoguidance by a network of another config (None: `model`'s).
+  clip_config: Optional[ClipConfig] = None  # CLIP guidance: the noised CLIP bound as "clip"; prompts packed.
 
   def __post_init__(self):
     for name, table, field in ((self.spec.sampler, SAMPLERS, "sampler"), (self.spec.guidance, GUIDANCE, "guidance")):
       if name not in table:
         raise ValueError(f"Unknown {field} {name!r}; choose one of {tuple(table)}.")
+    k, c = self.clip_config, self.model.config
+    if k is not None and ((k.image_size, k.image_channels, k.n_timesteps)
+                          != (c.image_size, c.in_channels, self.base_diffusion.num_timesteps)):
+      raise ValueError(f"The noised CLIP reads {k.image_size} px, {k.image_channels}-channel images at "
+                       f"{k.n_timesteps} timesteps; this model makes {c.image_size} px, {c.in_channels}-channel ones "
+                       f"at {self.base_diffusion.num_timesteps}.")
     self.diffusion = respace(self.base_diffusion,
                              space_timesteps(self.base_diffusion.num_timesteps, self.spec.respacing))
     self.params: Optional[dict[str, Any]] = None
@@ -102,28 +110,33 @@ class GuidedSampler:
 
   def _sample_impl(self, params, tokens, mask, scales, rng, image=None, known=None, low_res=None):
     spec, rule = self.spec, GUIDANCE[self.spec.guidance]
+    clip_text = None
+    if self.clip_config is not None:
+      (tokens, mask), clip_text = split_clip_rows(tokens, mask, self.model.config.text_ctx)
     rows, row_mask = rule.text_rows(tokens, mask, self.pad_id)
     xf_out, xf_proj = self.model.apply({"params": params["model"]}, rows, row_mask, method=Text2ImUNet.encode_text)
     extra_inputs = {} if low_res is None else {"low_res": low_res}
     if known is not None and self.model.config.inpaint:  # The model sees the known part.
       extra_inputs.update(inpaint_image=image, inpaint_mask=known)
-    model_fn = rule.model_fn(GuidanceInputs(
+    g = GuidanceInputs(
         model=self.model, params=params, guide_model=self.guide_model, diffusion=self.diffusion,
         num_timesteps=self.base_diffusion.num_timesteps, text_rows=(rows, row_mask), xf_out=xf_out, xf_proj=xf_proj,
         scales=scales, interval=spec.guidance_interval, apg_eta=spec.apg_eta,
-        apg_norm_threshold=spec.apg_norm_threshold, extra_inputs=extra_inputs))
+        apg_norm_threshold=spec.apg_norm_threshold, extra_inputs=extra_inputs, clip_config=self.clip_config,
+        clip_text=clip_text)
+    model_fn, cond_fn = rule.model_fn(g), (rule.cond_fn(g) if rule.cond_fn is not None else None)
     init_rng, loop_rng = jax.random.split(rng)
     c = self.model.config
     shape = (tokens.shape[0], c.image_size, c.image_size, c.in_channels)
     x_T = spec.temperature * jax.random.normal(init_rng, shape, jnp.float32)
     if known is None:
-      return sample_loop(model_fn, self.diffusion, x_T, loop_rng, spec.sampler, spec.eta)
+      return sample_loop(model_fn, self.diffusion, x_T, loop_rng, spec.sampler, spec.eta, cond_fn=cond_fn)
     if c.inpaint:  # x̂_0 keeps the known part at every step.
       x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, spec.sampler, spec.eta,
-                      denoised_fn=known_region.keep_known_xstart(image, known))
+                      denoised_fn=known_region.keep_known_xstart(image, known), cond_fn=cond_fn)
     else:  # An ordinary model: the replacement method.
       x = sample_loop(model_fn, self.diffusion, x_T, loop_rng, spec.sampler, spec.eta,
-                      after_step=known_region.replace_known(self.diffusion, image, known, loop_rng))
+                      after_step=known_region.replace_known(self.diffusion, image, known, loop_rng), cond_fn=cond_fn)
     return known_region.paste_known(x, image, known)
 
   def __call__(self, tokens: np.ndarray, mask: np.ndarray, scales: np.ndarray,
@@ -139,6 +152,15 @@ class GuidedSampler:
       raise ValueError("This sampler has no parameters yet: sample with sampler.bind(params).")
     if self.spec.guidance == "autoguidance" and "guide" not in self.params:
       raise ValueError("Autoguidance needs the guide's parameters: sampler.bind(params, guide=guide_params).")
+    if (self.spec.guidance == "clip") != (self.clip_config is not None) or (
+        self.clip_config is not None and "clip" not in self.params):
+      raise ValueError("CLIP guidance, and only it, needs a noised CLIP: GuidedSampler(clip_config=...) bound with "
+                       "sampler.bind(params, clip=clip_params), and prompts packed by guidance.pack_clip_rows.")
+    width = self.model.config.text_ctx + (0 if self.clip_config is None else self.clip_config.max_text_len)
+    if tokens.shape[1] != width:
+      raise ValueError(f"Prompt rows of {tokens.shape[1]} tokens; this sampler reads {width} (the model's text_ctx"
+                       + ("" if self.clip_config is None else " and the CLIP's max_text_len, packed by pack_clip_rows")
+                       + ").")
     scales = np.asarray(scales, np.float32)
     if scales.shape != (tokens.shape[0],):
       raise ValueError("scales needs one guidance scale per sample.")

@@ -88,7 +88,7 @@ class MetricsWindow:
     summary = self.summary()
     self.writer.write_scalars(step, summary)
     if self.bar is not None:
-      self.bar.set_postfix(loss=f"{summary['loss']:.4f}", mse=f"{summary['mse']:.4f}",
-                           steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
+      shown = {k: f"{summary[k]:.4f}" for k in ("loss", "mse", "batch_accuracy") if k in summary}
+      self.bar.set_postfix(**shown, steps_per_s=f"{summary['steps_per_sec']:.2f}", refresh=False)
     self.pending = []
     self.restart_clock()

@@ -138,15 +138,20 @@ def loss_and_grads(params: Any, batch: dict[str, jax.Array], rng: jax.Array, mic
 def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Array, *, model: Text2ImUNet,
                diffusion: GaussianDiffusion, optimizer: optax.GradientTransformation,
                config: ml_collections.ConfigDict, pad_id: int) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update. The step's randomness is fold_in(base_rng, step), so it never depends on history.
-
-  A step whose loss or gradient is not finite changes nothing but the step counter and the streak of
-  such steps (metrics["nonfinite"] = 1).
-  """
+  """One update. The step's randomness is fold_in(base_rng, step), so it never depends on history; a
+  non-finite step is skipped (`apply_gradients`)."""
   rng = jax.random.fold_in(base_rng, state.step)
   (loss, metrics), grads = loss_and_grads(state.params, batch, rng, num_microbatches(config.train), model=model,
                                          diffusion=diffusion, p_uncond=config.train.p_uncond, pad_id=pad_id,
                                          min_snr_gamma=config.train.min_snr_gamma)
+  return apply_gradients(state, loss, metrics, grads, optimizer, config)
+
+
+def apply_gradients(state: TrainState, loss: jax.Array, metrics: dict[str, jax.Array], grads: Any,
+                    optimizer: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimizer's update and the EMA's, unless the loss or gradient is not finite: then only the step
+  counter and the streak of such steps change (metrics["nonfinite"] = 1). Any model's step ends here."""
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -178,7 +183,11 @@ def make_sharded_train_step(mesh: Mesh, state_sharding: Any, **static) -> Callab
 def make_sharded_init(mesh: Mesh, model: Text2ImUNet, optimizer: optax.GradientTransformation,
                       rng: jax.Array) -> tuple[Callable[[], TrainState], Any]:
   """(init function producing the state directly in its shardings, those shardings)."""
-  init = functools.partial(init_train_state, model, optimizer, rng)
+  return shard_init(mesh, functools.partial(init_train_state, model, optimizer, rng))
+
+
+def shard_init(mesh: Mesh, init: Callable[[], TrainState]) -> tuple[Callable[[], TrainState], Any]:
+  """`init` jitted to produce any model's TrainState directly in its shardings over `mesh`, and those shardings."""
   abstract = jax.eval_shape(init)
   shardings = sharding_lib.state_shardings(mesh, abstract)
   return jax.jit(init, out_shardings=shardings), shardings

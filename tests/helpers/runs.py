@@ -11,7 +11,7 @@ import time
 
 import jax
 
-from configs import tiny
+from configs import tiny, tiny_clip
 from glide_jax.experiment import Experiment
 from helpers.forked_main import MainServer
 from helpers.paths import REPO
@@ -155,6 +155,14 @@ def corrupt_checkpoint(workdir, step):
 
 def tiny_config(**train):
   config = tiny.get_config()
+  for k, v in train.items():
+    config.train[k] = v
+  return config
+
+
+def tiny_clip_config(**train):
+  """configs/tiny_clip.py (a noised CLIP of the tiny model's images and noise) with config.train overrides."""
+  config = tiny_clip.get_config()
   for k, v in train.items():
     config.train[k] = v
   return config

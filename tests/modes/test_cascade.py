@@ -15,8 +15,8 @@ from glide_jax.model import init_params
 from glide_jax.modes.edit import edit_grid
 from glide_jax.modes.edit import run as edit_and_save
 from glide_jax.modes.eval import run as evaluate
+from glide_jax.modes.sample import base_experiment, upsample
 from glide_jax.modes.sample import run as sample_and_save
-from glide_jax.modes.sample import upsample
 from glide_jax.modes.train import run as train
 from glide_jax.rng import stream_key
 from glide_jax.sampling.guided import SamplerSpec
@@ -161,3 +161,14 @@ def test_an_inpainting_upsampler_edits_in_two_stages_keeping_the_known_pixels_at
   out = capsys.readouterr().out
   assert "by the replacement method (16 px), then the upsampler's inpainting model (64 px)" in out
   assert "the kept pixels differ from the originals by at most 0 at 16 px and 0 at 64 px at uint8" in out
+
+
+def test_clip_guidance_asked_of_the_upsampler_guides_the_base_stage(cascade, tiny_clip_run):
+  """As glide-text2im's clip_guided notebook: the base stage CLIP-guided, the upsampler unguided."""
+  config, _, up_dir, _ = cascade
+  _, clip_workdir = tiny_clip_run
+  guided = config.copy_and_resolve_references()
+  guided.sample.guidance, guided.sample.clip_workdir = "clip", clip_workdir
+  base = base_experiment(Experiment(guided, up_dir))
+  assert base.sampler_spec.guidance == "clip" and base.sampler().clip_config.image_size == 16
+  assert base_experiment(Experiment(config, up_dir)).sampler_spec.guidance == "classifier_free"

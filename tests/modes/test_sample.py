@@ -1,6 +1,7 @@
 """--mode=sample: the guidance sweep from a trained tiny checkpoint, its files, and its user errors."""
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -9,11 +10,15 @@ from PIL import Image
 
 from configs import tiny
 from glide_jax import data as data_lib
+from glide_jax.clip.experiment import ClipExperiment
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from glide_jax.model import init_params
+from glide_jax.modes.convert import run as convert_run
 from glide_jax.modes.sample import run as sample_and_save
 from glide_jax.modes.train import run as train
+from glide_jax.sampling.guided import SamplerSpec
+from helpers.paths import REPO
 from helpers.runs import run_main
 from helpers.trees import assert_trees_equal
 
@@ -183,3 +188,45 @@ def test_autoguidance_by_another_run_of_a_smaller_model(sampled, tmp_path):
   config.sample.guide_workdir = str(tmp_path / "other")
   with pytest.raises(UserError, match=r"cannot guide this model: model.text_ctx = 12 there, 8 here\. A guide must"):
     Experiment(config, workdir).sampler()
+
+
+def test_clip_guided_sampling_reads_a_clip_run(sampled, tiny_clip_run, tmp_path):
+  """sample.guidance=clip binds the CLIP run of sample.clip_workdir (its EMA parameters) and packs each prompt's
+  CLIP tokens beside the model's; scale 0 is the conditional model alone. A workdir without a CLIP, or a CLIP
+  of other images or noise, is refused naming what differs."""
+  workdir, _ = sampled
+  _, clip_workdir = tiny_clip_run
+  config = sample_config()
+  config.sample.guidance, config.sample.clip_workdir = "clip", clip_workdir
+  exp = Experiment(config, workdir)
+  params = exp.load_params()[0]
+  sampler = exp.sampler(params)
+  clip = ClipExperiment.from_workdir(clip_workdir)
+  assert sampler.clip_config == clip.clip_config
+  assert_trees_equal(sampler.params["clip"], clip.load_params()[0])
+  grid = exp.sample_grid(sampler, ["7", "3"], [0.0, 30.0], 1, jax.random.key(0))
+  # The sample grids of training use their own spec (classifier-free): no CLIP tokens in their rows.
+  cfg = exp.sampler(params, SamplerSpec(respacing="4"))
+  assert exp.sample_grid(cfg, ["7"], [2.0], 1, jax.random.key(0)).shape == (1, 1, 1, 16, 16, 1)
+  config.sample.guidance, config.sample.clip_workdir = "none", ""
+  plain = Experiment(config, workdir)
+  alone = plain.sample_grid(plain.sampler(params), ["7", "3"], [1.0, 1.0], 1, jax.random.key(0))  # Same noise.
+  assert np.abs(grid[:, 0].astype(int) - alone[:, 0].astype(int)).max() <= 1  # (uint8 rounding)
+  assert np.abs(grid[:, 1].astype(int) - alone[:, 1].astype(int)).max() > 10
+  config.sample.guidance, config.sample.clip_workdir = "clip", workdir
+  with pytest.raises(UserError, match=r"holds no noised CLIP \(no clip_checkpoints/ in it\)"):
+    Experiment(config, workdir).sampler()
+  golden = os.path.join(os.path.dirname(REPO), "shared", "reference", "clip_goldens", "clip.npz")
+  if os.path.isfile(golden):  # A 16 px RGB CLIP of 1000 timesteps.
+    convert_run(None, str(tmp_path / "rgb_clip"), "clip", golden)
+    config.sample.clip_workdir = str(tmp_path / "rgb_clip")
+    with pytest.raises(UserError, match="other images or noise than this model's: channels 3 there, 1 here; "
+                                        "diffusion timesteps 1000 there, 100 here"):
+      Experiment(config, workdir).sampler()
+  # Through main.py (in a copy: the fixture's samples stay as the other tests read them): what it used is said.
+  copy = shutil.copytree(workdir, str(tmp_path / "copy"))
+  result = run_main(copy, "--mode=sample", "--config.sample.guidance=clip",
+                    f"--config.sample.clip_workdir={clip_workdir}", "--config.sample.prompts=7",
+                    "--config.sample.guidance_scales=(10.,)", "--config.sample.num_per_prompt=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f", CLIP-guided by {clip_workdir})." in result.stdout, result.stdout

@@ -4,6 +4,7 @@ References here are written independently of glide_jax.sampling: a plain Python 
 two separate forward passes (conditional, empty prompt) per step, and the formulas of the reference doc.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -13,9 +14,10 @@ import pytest
 
 from configs import tiny
 from glide_jax import sharding as sharding_lib
+from glide_jax.clip import ClipConfig, ImageEncoder, TextEncoder, get_clip_tokenizer, init_clip_params
 from glide_jax.diffusion import GaussianDiffusion, respace, sample_loop, space_timesteps
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
-from glide_jax.sampling.guidance import GuidanceInputs, projected_update
+from glide_jax.sampling.guidance import GuidanceInputs, pack_clip_rows, projected_update
 from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 
 RESPACING = "5"
@@ -412,3 +414,107 @@ def test_a_sampler_runs_bound_and_a_new_binding_compiles_nothing(setup, ddpm):
     jax.monitoring.unregister_event_duration_listener(count_compiles)
   assert compiles == []
   assert np.abs(rebound - sample(ddpm, setup, [3.0, 0.5], seed=1)).max() > 1e-3  # The new parameters are used.
+
+
+# --- CLIP guidance: the step moved by a noised CLIP's gradient ---------------------------------------------
+@pytest.fixture(scope="module")
+def clip_setup(setup):
+  """A tiny noised CLIP of the tiny model's images (16 px grey, 100 timesteps), random weights, and the
+  prompts in CLIP tokens packed beside the model's."""
+  config = ClipConfig(image_size=16, image_channels=1, patch_size=4, n_timesteps=100, image_heads=2,
+                      image_head_width=8, image_blocks=1, text_heads=2, text_head_width=8, text_blocks=1,
+                      n_vocab=get_clip_tokenizer().vocab_size, max_text_len=8, embed_dim=16)
+  params = jax.jit(lambda rng: init_clip_params(config, rng)).lower(jax.random.key(2)).compile(
+      compiler_options={"xla_backend_optimization_level": 0})(jax.random.key(2))
+  clip_tokens, clip_len = get_clip_tokenizer().encode_prompts(PROMPTS, config.max_text_len)
+  tokens, mask = pack_clip_rows(setup["tokens"], setup["mask"], clip_tokens, clip_len)
+  return dict(config=config, params=params, clip_tokens=clip_tokens, clip_len=clip_len, tokens=tokens, mask=mask)
+
+
+def clip_sampler(setup, clip_setup, sampler="ddpm", **spec):
+  spec = SamplerSpec(sampler=sampler, respacing=RESPACING, guidance="clip", **spec)
+  return GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=spec, pad_id=setup["tokenizer"].pad_id,
+                       clip_config=clip_setup["config"]).bind(setup["params"], clip=clip_setup["params"])
+
+
+def clip_reference_loop(setup, clip_setup, diffusion, scales, rng, sampler="ddpm", interval=(0.0, 1.0)):
+  """A plain loop of glide-text2im's CLIP-guided sampling: the conditional network once per step; the CLIP
+  gradient g = s ∇_x (100 · ⟨normalised image embedding of (x, original t), normalised text embedding⟩), s = 0
+  outside the guidance interval; DDPM: mean + variance · g (`condition_mean`); DDIM (η = 0): ε from the
+  clipped x̂_0, minus √(1 − ᾱ) g, x̂_0 from that ε unclipped (`condition_score`), then the DDIM update."""
+  k, params = clip_setup["config"], clip_setup["params"]
+  text = TextEncoder(k).apply({"params": params["text_enc"]}, clip_setup["clip_tokens"], clip_setup["clip_len"])
+  text = text / (jnp.linalg.norm(text, axis=-1, keepdims=True) + 1e-12)
+
+  def similarity(x, t):
+    image = ImageEncoder(k).apply({"params": params["image_enc"]}, x, t)
+    return 100.0 * jnp.sum(text * image / (jnp.linalg.norm(image, axis=-1, keepdims=True) + 1e-12))
+
+  grad_fn = jax.jit(jax.grad(similarity))
+  x, loop_rng = split_like_sampler(setup, rng)
+  abar_table = diffusion.alphas_cumprod
+  for i in reversed(range(diffusion.num_timesteps)):
+    t = jnp.full((B,), i, jnp.int32)
+    original_t = jnp.full((B,), int(diffusion.timestep_map[i]), jnp.int32)
+    guided = interval[0] <= diffusion.timestep_map[i] / setup["base"].num_timesteps < interval[1]
+    s = np.asarray(scales if guided else [0.0] * B, np.float32)[:, None, None, None]
+    gradient = s * np.asarray(grad_fn(x, original_t))
+    output = setup["forward"](setup["params"], x, original_t, setup["tokens"], setup["mask"])
+    noise = jax.random.normal(jax.random.fold_in(loop_rng, i), x.shape, x.dtype)
+    pm = diffusion.p_mean_variance(output, x, t, clip_denoised=True)
+    if sampler == "ddpm":
+      mean = pm["mean"] + jnp.exp(pm["log_variance"]) * gradient
+      x = mean + (1.0 if i else 0.0) * jnp.exp(0.5 * pm["log_variance"]) * noise
+    else:
+      abar = float(abar_table[i])
+      abar_prev = float(abar_table[i - 1]) if i else 1.0
+      eps = (np.sqrt(1 / abar) * x - pm["pred_xstart"]) / np.sqrt(1 / abar - 1)
+      eps = eps - np.sqrt(1 - abar) * gradient
+      x0 = (x - np.sqrt(1 - abar) * eps) / np.sqrt(abar)
+      x = np.sqrt(abar_prev) * x0 + np.sqrt(1 - abar_prev) * eps
+  return np.asarray(x)
+
+
+@pytest.mark.parametrize("which", ["ddpm", "ddim"])
+def test_clip_guidance_equals_a_step_by_step_loop(setup, clip_setup, which):
+  guided = clip_sampler(setup, clip_setup, which)
+  tokens, mask = clip_setup["tokens"], clip_setup["mask"]
+  got = sample(guided, setup, [60.0, 20.0], seed=13, tokens=tokens, mask=mask)
+  # float32 rounding of the gradient, × 60; DDIM's ε from x̂_0 near t = 0 divides by √(1/ᾱ − 1) besides.
+  np.testing.assert_allclose(got, clip_reference_loop(setup, clip_setup, guided.diffusion, [60.0, 20.0],
+                                                      jax.random.key(13), which),
+                             atol={"ddpm": 5e-5, "ddim": 3e-4}[which], rtol=0)
+  # Scale 0 is the conditional model alone (guidance "none"); a positive scale moves the samples.
+  unguided = sample(guided, setup, [0.0, 0.0], seed=13, tokens=tokens, mask=mask)
+  np.testing.assert_allclose(unguided, sample(respec(setup, make_sampler(setup, which), guidance="none"), setup,
+                                              [1.0, 1.0], seed=13), atol=2e-5, rtol=0)  # DDIM: x̂_0 → ε → x̂_0.
+  assert np.abs(got - unguided).max() > 1e-2
+  assert guided.forward_passes_per_sample == 5
+
+
+def test_clip_guidance_moves_dpm_solver_steps_and_is_the_conditional_model_at_scale_zero(setup, clip_setup):
+  guided = clip_sampler(setup, clip_setup, "dpm_solver_pp_2m")
+  tokens, mask = clip_setup["tokens"], clip_setup["mask"]
+  unguided = sample(guided, setup, [0.0, 0.0], seed=15, tokens=tokens, mask=mask)
+  plain = respec(setup, make_sampler(setup, "dpm_solver_pp_2m"), guidance="none")
+  np.testing.assert_allclose(unguided, sample(plain, setup, [1.0, 1.0], seed=15), atol=2e-5, rtol=0)
+  assert np.abs(sample(guided, setup, [60.0, 20.0], seed=15, tokens=tokens, mask=mask) - unguided).max() > 1e-2
+
+
+def test_clip_guidance_only_inside_the_guidance_interval(setup, clip_setup):
+  guided = clip_sampler(setup, clip_setup, guidance_interval=(0.3, 0.8))
+  got = sample(guided, setup, [60.0, 20.0], seed=14, tokens=clip_setup["tokens"], mask=clip_setup["mask"])
+  np.testing.assert_allclose(got, clip_reference_loop(setup, clip_setup, guided.diffusion, [60.0, 20.0],
+                                                      jax.random.key(14), interval=(0.3, 0.8)), atol=5e-5, rtol=0)
+
+
+def test_clip_guidance_needs_its_clip(setup, clip_setup, ddpm):
+  with pytest.raises(ValueError, match="CLIP guidance, and only it, needs a noised CLIP"):
+    unbound = GuidedSampler(model=setup["model"], base_diffusion=setup["base"], pad_id=ddpm.pad_id,
+                            spec=ddpm.spec.replace(guidance="clip"))
+    unbound.bind(setup["params"])(setup["tokens"], setup["mask"], np.ones(B), jax.random.key(0))
+  wrong = dataclasses.replace(clip_setup["config"], image_channels=3)
+  with pytest.raises(ValueError, match="reads 16 px, 3-channel images at 100 timesteps; this model makes 16 px, "
+                                       "1-channel ones"):
+    GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=ddpm.spec.replace(guidance="clip"),
+                  pad_id=ddpm.pad_id, clip_config=wrong)
