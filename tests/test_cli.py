@@ -24,4 +24,4 @@ def test_the_per_mode_flags_name_real_modes_and_models():
   assert set(cli.MODE_FLAGS) | set(cli.REQUIRED_MODE_FLAGS) | set(cli.NO_CONFIG_MODES) | set(cli.NO_WORKDIR_MODES) \
       <= set(cli.MODES)
   model = next(h for h in cli.MODE_FLAGS["convert"] if h.name == "model")
-  assert flags.FLAGS[model.name].parser.enum_values == list(RELEASED_MODELS)
+  assert flags.FLAGS[model.name].parser.enum_values == [*RELEASED_MODELS, "clip"]  # clip: the noised CLIP.

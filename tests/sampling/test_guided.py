@@ -389,7 +389,7 @@ def test_an_unknown_sampler_or_guidance_rule_is_refused(setup):
                      r"'dpm_solver_pp_2m'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(sampler="euler"))
   with pytest.raises(ValueError, match=r"Unknown guidance 'negative'; choose one of \('classifier_free', "
-                     r"'adaptive_projected', 'autoguidance', 'none'\)"):
+                     r"'adaptive_projected', 'autoguidance', 'none', 'clip'\)"):
     GuidedSampler(model=setup["model"], base_diffusion=setup["base"], spec=SamplerSpec(guidance="negative"))
 
 
