@@ -35,15 +35,17 @@ from glide_jax.train.step import TrainState, init_state_from_params, shard_init
 CLIP_MODEL_FIELDS = ("clip", "data.image_size", "data.channels", "diffusion")
 
 
+# config.clip's fields: ClipConfig's of the same names (n_vocab 0 there means CLIP's BPE vocabulary).
+CLIP_SECTION_FIELDS = ("patch_size", "image_heads", "image_head_width", "image_blocks", "text_heads",
+                       "text_head_width", "text_blocks", "n_vocab", "max_text_len", "embed_dim", "logit_scale")
+
+
 def clip_config_of(config: ml_collections.ConfigDict) -> ClipConfig:
   """The ClipConfig of a (validated) config: config.clip's sizes, data's images, diffusion's timesteps."""
-  k = config.clip
-  return ClipConfig(
-      image_size=config.data.image_size, image_channels=config.data.channels, patch_size=k.patch_size,
-      n_timesteps=config.diffusion.num_timesteps, image_heads=k.image_heads, image_head_width=k.image_head_width,
-      image_blocks=k.image_blocks, text_heads=k.text_heads, text_head_width=k.text_head_width,
-      text_blocks=k.text_blocks, n_vocab=k.n_vocab or VOCAB_SIZE, max_text_len=k.max_text_len,
-      embed_dim=k.embed_dim, logit_scale=float(k.logit_scale), beta_schedule=config.diffusion.noise_schedule)
+  sizes = {field: config.clip[field] for field in CLIP_SECTION_FIELDS}
+  sizes.update(n_vocab=sizes["n_vocab"] or VOCAB_SIZE, logit_scale=float(sizes["logit_scale"]))
+  return ClipConfig(image_size=config.data.image_size, image_channels=config.data.channels,
+                    n_timesteps=config.diffusion.num_timesteps, beta_schedule=config.diffusion.noise_schedule, **sizes)
 
 
 class ClipExperiment(Run):

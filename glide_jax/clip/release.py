@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Sequence
 import ml_collections
 import numpy as np
 
+from glide_jax.clip.experiment import CLIP_SECTION_FIELDS
 from glide_jax.clip.model import ClipConfig
 from glide_jax.config import default_config
 from glide_jax.errors import UserError
@@ -27,11 +28,9 @@ def clip_run_config(clip: ClipConfig) -> ml_collections.ConfigDict:
   config.data.name = ""  # No dataset: a released CLIP guides sampling; it is not trained here.
   config.data.image_size, config.data.channels = clip.image_size, clip.image_channels
   config.diffusion.num_timesteps, config.diffusion.noise_schedule = clip.n_timesteps, clip.beta_schedule
-  k = config.clip
-  for field in ("patch_size", "image_heads", "image_head_width", "image_blocks", "text_heads", "text_head_width",
-                "text_blocks", "n_vocab", "max_text_len", "embed_dim"):
-    k[field] = getattr(clip, field)
-  k.logit_scale = float(clip.logit_scale)
+  for field in CLIP_SECTION_FIELDS:
+    config.clip[field] = getattr(clip, field)
+  config.clip.logit_scale = float(clip.logit_scale)
   return config
 
 
