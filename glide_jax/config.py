@@ -80,6 +80,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.learn_sigma = True
   c.model.resblock_updown = False
   c.model.conv_resample = False   # The lesson resamples with avg-pool / nearest, no conv (GLIDE: True).
+  # A learned embedding of each image position, added to what every attention block projects to queries, keys
+  # and values (GLIDE has none: its convolutions find positions from the borders), for captions about places
+  # such as "a 3 to the left of a 7" (docs/results.md, "MNIST scenes", measures it).
+  c.model.position_embedding = False
   c.model.tokenizer = "byte"
   c.model.text_ctx = 128
   c.model.xf_width = 128
@@ -378,6 +382,9 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _fail("model.learn_sigma", m.learn_sigma, "the hybrid loss and samplers need the learned-range variance.")
   if not isinstance(m.inpaint, bool):
     _fail("model.inpaint", m.inpaint, "give True (an inpainting model) or False.")
+  if not isinstance(m.position_embedding, bool):
+    _fail("model.position_embedding", m.position_embedding, "give True (learned image positions in attention) "
+          "or False (GLIDE's blocks).")
   if not (_is_int(m.low_res_size) and 0 <= m.low_res_size < d.image_size):
     _fail("model.low_res_size", m.low_res_size, f"give 0 (not an upsampler) or the low-resolution size, below "
           f"data.image_size ({d.image_size}).")

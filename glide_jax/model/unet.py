@@ -68,19 +68,24 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-  """Self-attention over image positions with the text tokens' keys and values prepended."""
+  """Self-attention over image positions with the text tokens' keys and values prepended; with
+  `position_embedding`, a learned vector per image position (zero at initialisation) is added to the normalised
+  features before their projections."""
 
   num_head_channels: int
   num_groups: int = 32
   dtype: Dtype = jnp.float32
   norm_impl: str = "dot"
   attention_impl: str = "xla"
+  position_embedding: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, xf_out: Optional[jax.Array]) -> jax.Array:
     b, hgt, wid, c = x.shape
     heads = c // self.num_head_channels
     h = GroupNorm32(self.num_groups, impl=self.norm_impl, name="norm")(x).reshape(b, hgt * wid, c)
+    if self.position_embedding:
+      h = h + self.param("position_embedding", nn.initializers.zeros, (hgt * wid, c)).astype(h.dtype)
     q, k, v = split_heads(dense(3 * c, self.dtype, "qkv")(h), heads, 3)
     if xf_out is not None:
       ek, ev = split_heads(dense(2 * c, self.dtype, "encoder_kv")(xf_out), heads, 2)
@@ -102,7 +107,7 @@ class UNet(nn.Module):
     dtype, model_channels, channel_mult = c.compute_dtype, c.model_channels, c.channel_mult
     res = dict(dropout=c.dropout, num_groups=c.num_groups, dtype=dtype, norm_impl=c.norm_impl)
     attn = dict(num_head_channels=c.num_head_channels, num_groups=c.num_groups, dtype=dtype, norm_impl=c.norm_impl,
-                attention_impl=c.attention_impl)
+                attention_impl=c.attention_impl, position_embedding=c.position_embedding)
     emb = timestep_embedding(timesteps, model_channels)
     emb = dense(c.time_embed_dim, jnp.float32, "time_embed_0")(emb)
     emb = dense(c.time_embed_dim, jnp.float32, "time_embed_2")(nn.silu(emb))

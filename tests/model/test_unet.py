@@ -227,6 +227,33 @@ def test_attention_block_matches_glide(with_text, norm_impl):
     assert np.abs(np.asarray(apply(params, x, other)) - got).max() > 1e-3
 
 
+def test_position_embedding_lets_attention_tell_places_apart():
+  """GLIDE's attention block cannot tell image positions apart (shuffling the pixels shuffles its output);
+  model.position_embedding adds a learned vector per position, zero when initialised."""
+  c, hw = 16, 3
+  plain = AttentionBlock(num_head_channels=4, num_groups=4)
+  placed = AttentionBlock(num_head_channels=4, num_groups=4, position_embedding=True)
+  rng = np.random.default_rng(4)
+  x = rng.normal(size=(2, hw, hw, c)).astype(np.float32)
+  xf_out = rng.normal(size=(2, 5, 6)).astype(np.float32)
+  params = random_params(plain, x, xf_out, seed=5)
+  initial = placed.init(jax.random.PRNGKey(0), x, xf_out)["params"]
+  assert initial["position_embedding"].shape == (hw * hw, c) and not np.any(initial["position_embedding"])
+  embedding = rng.normal(size=(hw * hw, c)).astype(np.float32)
+  out = {name: np.asarray(block.apply({"params": p}, x_in, xf_out))
+         for name, block, p, x_in in (("plain", plain, params, x), ("zero", placed, {**params, "position_embedding":
+                                      np.zeros((hw * hw, c), np.float32)}, x),
+                                      ("placed", placed, {**params, "position_embedding": embedding}, x))}
+  np.testing.assert_array_equal(out["zero"], out["plain"])
+  order = rng.permutation(hw * hw)
+  shuffle = lambda a: a.reshape(2, hw * hw, c)[:, order].reshape(2, hw, hw, c)  # noqa: E731
+  shuffled = {"plain": np.asarray(plain.apply({"params": params}, shuffle(x), xf_out)),
+              "placed": np.asarray(placed.apply({"params": {**params, "position_embedding": embedding}},
+                                                shuffle(x), xf_out))}
+  np.testing.assert_allclose(shuffled["plain"], shuffle(out["plain"]), atol=1e-5)
+  assert np.abs(shuffled["placed"] - shuffle(out["placed"])).max() > 1e-2
+
+
 # --- topology ----------------------------------------------------------------------------------------
 def unet_param_shapes(image_size, in_ch=3, **kwargs):
   unet = make_unet(image_size, **kwargs)
