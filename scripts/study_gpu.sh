@@ -21,6 +21,11 @@
 #   LIMIT        seconds after the start at which every job still running is killed (default 540)
 # The tiny model leaves the GPU idle most of the time, so the recipes are bound by compiling and by the host:
 # docs/quality.md gives the times measured on an H200, to size ONLY and the limits to a call.
+#   CONFIG       the config every recipe starts from (default configs/mnist_cpu.py)
+#   RECIPES      "name|overrides" separated by ";": these recipes instead of the built-in ones, on CONFIG as it
+#                is (not the study's 32-channel starting point), e.g. the scene study of docs/results.md
+#   PER_DIGIT    samples per prompt in every evaluation (default 100)
+#   SAMPLE_BATCH samples per sampling call (default 1000)
 #   DRY_RUN=1    configs/tiny.py, 4 steps, 2 samples per digit, its own quick classifier: a check on CPU
 set -uo pipefail
 out_dir=${1:?usage: scripts/study_gpu.sh OUT_DIR}
@@ -28,15 +33,17 @@ steps=${STEPS:-2200}
 scales=${SCALES:-"(1., 2., 3., 4., 5., 7.)"}
 train_limit=${TRAIN_LIMIT:-400}
 limit=${LIMIT:-540}
-config=configs/mnist_cpu.py
+config=${CONFIG:-configs/mnist_cpu.py}
 extra=()
 # The study's starting point, mnist_cpu before the study: 32 channels, a constant rate, plain L_simple.
 study_base="--config.model.model_channels=32 --config.model.num_groups=32 --config.model.num_head_channels=64"
 study_base+=" --config.train.min_snr_gamma=0 --config.train.lr_schedule=constant"
-per_digit=100 sample_batch=1000
+[[ -n "${RECIPES:-}" ]] && study_base=""
+per_digit=${PER_DIGIT:-100} sample_batch=${SAMPLE_BATCH:-1000}
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
-  config=configs/tiny.py steps=4 per_digit=2 sample_batch=20 scales="(1., 3.)"
-  study_base="--config.train.min_snr_gamma=0 --config.train.lr_schedule=constant"  # tiny keeps its width.
+  steps=4 per_digit=2 sample_batch=20 scales="(1., 3.)"
+  [[ -z "${RECIPES:-}" ]] && config=configs/tiny.py \
+    study_base="--config.train.min_snr_gamma=0 --config.train.lr_schedule=constant"  # tiny keeps its width.
   extra=(--config.eval.classifier_steps=3 "--config.eval.classifier_dir=$out_dir/classifier")
 fi
 mkdir -p "$out_dir/runs"
@@ -57,6 +64,7 @@ recipes=(
   "minsnr_cosine_ema9995|$msc --config.train.ema_decay=0.9995"
   "minsnr_cosine_lr2e3|$msc --config.train.learning_rate=2e-3"
 )
+[[ -n "${RECIPES:-}" ]] && IFS=';' read -ra recipes <<<"$RECIPES"
 eval_flags=(--mode=eval --config.model.dtype=float32 --config.sample.respacing=100
             --config.eval.samples_per_digit=$per_digit --config.sample.batch_size=$sample_batch
             "--config.sample.guidance_scales=$scales" "${extra[@]}")
@@ -111,9 +119,15 @@ import glob, json, os, sys
 for root in sys.argv[1:]:
   for path in sorted(glob.glob(os.path.join(root, "**", "eval_*", "eval.json"), recursive=True)):
     r = json.load(open(path))
+    run = os.path.relpath(os.path.dirname(path), root)
+    if "fully_right" in r["results"][0]:  # A scene model: the share fully right, per caption template.
+      for x in r["results"]:
+        templates = " ".join(f"{k} {v:.2f}" for k, v in x["by_template"].items())
+        print(f"{run}: step {r['step']}, g{x['guidance_scale']:g} fully right {x['fully_right']:.3f} "
+              f"FID {x['fid']:.1f} | {templates}")
+      continue
     best = max(r["results"], key=lambda x: (x["accuracy"], -x["fid"]))
     row = " ".join(f"g{x['guidance_scale']:g} {x['accuracy']:.3f}/{x['fid']:.1f}" for x in r["results"])
-    run = os.path.relpath(os.path.dirname(path), root)
     print(f"{run}: step {r['step']}, {r['config']['sampler']} {r['config']['respacing'] or 'all'}, "
           f"{r['config']['samples_per_digit']}/digit, real FID {r['real']['fid']:.1f} | {row} | best "
           f"g{best['guidance_scale']:g}: acc {best['accuracy']:.3f} FID {best['fid']:.1f} "
