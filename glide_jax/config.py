@@ -25,6 +25,7 @@ from glide_jax.sampling.prompts import read_prompt_file, split_prompts
 from glide_jax.train.lr_schedules import LR_SCHEDULES
 
 DATA_SOURCES = ("tfds", "folder", "mnist_scenes")
+EDIT_TARGETS = ("next", "all")  # config.edit.targets: glide_jax.editing.nearest.edit_targets.
 
 
 def num_microbatches(train_config: ml_collections.ConfigDict) -> int:
@@ -172,6 +173,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.edit.prompts = ""              # Comma-separated; "" = one per class ("zero", ..., "nine").
   c.edit.guidance_scales = (1.0, 3.0)
   c.edit.eval_images = 500         # --mode=eval_edit: how many test images (the first ones) it edits.
+  # --mode=eval_edit: each image's prompted class, "next" ((label + 1) mod classes) or "all" (every other class).
+  c.edit.targets = "next"
   c.edit.base_workdir = ""         # Its replacement-method comparison run; "" = train.init_from.
 
   c.eval = ml_collections.ConfigDict()    # --mode=eval and --mode=train_classifier.
@@ -471,6 +474,9 @@ def _validate_edit(e: ml_collections.ConfigDict) -> None:
   if not scales or any(not math.isfinite(x) or x < 0 for x in scales):
     _fail("edit.guidance_scales", e.guidance_scales, "give at least one finite number >= 0.")
   _check_int("edit.eval_images", e.eval_images, 1)
+  if e.targets not in EDIT_TARGETS:
+    _fail("edit.targets", e.targets, "give 'next' (each image edited to (label + 1) mod classes) or 'all' (to every "
+          "other class).")
   if not isinstance(e.base_workdir, str):
     _fail("edit.base_workdir", e.base_workdir, "give a base run's workdir, or '' for train.init_from.")
 

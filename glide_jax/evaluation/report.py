@@ -130,14 +130,25 @@ def save_report(report: dict, out_dir: str, stem: str, plot_fn, table: str) -> N
 
 
 def format_edit_table(report: dict) -> str:
-  """The edit evaluation's rows (method, scale) as a fixed-width table, with the originals' scores."""
+  """The edit evaluation's rows (method, scale) as a fixed-width table, with the nearest-neighbour baseline's
+  and the originals' scores, then the edit accuracy per prompted class of every row."""
   lines = [f"{'method':>20}  {'guidance':>8}  {'edit acc.':>9}  {'kept class':>10}  {'known err.':>10}  {'FID':>8}"]
-  for r in report["results"]:
+  rows = [*report["results"], report["baseline"]]
+  for r in rows:
     fid = "-" if r["fid"] is None else f"{r['fid']:8.3f}"
-    lines.append(f"{r['method']:>20}  {r['guidance_scale']:>8g}  {r['edit_accuracy']:>9.3f}  {r['kept_class']:>10.3f}"
+    scale = "" if r.get("guidance_scale") is None else format(r["guidance_scale"], "g")
+    lines.append(f"{r['method']:>20}  {scale:>8}  {r['edit_accuracy']:>9.3f}  {r['kept_class']:>10.3f}"
                  f"  {r['known_region_error']:>10d}  {fid:>8}")
   o = report["originals"]
   lines.append(f"{'originals':>20}  {'':>8}  {'':>9}  {o['accuracy']:>10.3f}  {0:>10d}  {o['fid']:>8.3f}")
+  names = report["class_names"]
+  lines += ["", "edit accuracy per prompted class (edits per class: "
+            f"{', '.join(str(c) for c in report['baseline']['per_target_count'])})",
+            f"{'method':>20}  {'guidance':>8}  " + "  ".join(f"{name[:6]:>6}" for name in names)]
+  fmt = lambda x: "     -" if x is None else f"{x:6.3f}"  # noqa: E731
+  for r in rows:
+    scale = "" if r.get("guidance_scale") is None else format(r["guidance_scale"], "g")
+    lines.append(f"{r['method']:>20}  {scale:>8}  " + "  ".join(fmt(x) for x in r["per_target_accuracy"]))
   return "\n".join(lines)
 
 
@@ -154,11 +165,12 @@ def plot_edits(report: dict, path: str) -> None:
     for method in methods:
       rows = [r for r in report["results"] if r["method"] == method]
       ax.plot([r["guidance_scale"] for r in rows], [nan(r[key]) for r in rows], "o-", label=method)
+    ax.axhline(nan(report["baseline"][key]), color="tab:green", linestyle=":", label="nearest neighbour")
     if key == "fid":
       ax.axhline(nan(report["originals"]["fid"]), color="gray", linestyle="--", label="unedited originals")
     else:
       ax.set_ylim(0, 1.02)
     _finish_axis(ax, title)
   c = report["config"]
-  _save_figure(fig, path, f"{c['num_images']} test images, mask {c['mask']!r} regenerated as the next class; "
-                          f"{c['sampler']} (respacing {c['respacing'] or 'none'!r})")
+  _save_figure(fig, path, f"{c['num_images']} test images, mask {c['mask']!r} regenerated as "
+                          f"{c['target']}; {c['sampler']} (respacing {c['respacing'] or 'none'!r})")

@@ -138,18 +138,60 @@ def test_edit_evaluation_compares_the_inpainting_model_with_the_replacement_meth
     assert r["known_region_error"] == 0
     assert 0.0 <= r["edit_accuracy"] <= 1.0 and 0.0 <= r["kept_class"] <= 1.0
     assert r["fid"] > 0 and r["seconds"] > 0
-  # The edited images are saved row by row, and the per-target accuracies average to the edit accuracy.
+  # The edited images are saved row by row after the baseline's composites, and the per-target accuracies
+  # average to the edit accuracy.
   saved = load_samples(os.path.join(inpaint, "eval", "edit_samples.npz"))
-  assert saved["images"].shape == (4 * 20, 16, 16, 1) and saved["images"].dtype == np.uint8
-  assert saved["method"].tolist() == ["inpainting model"] * 40 + ["replacement method"] * 20 * 2
-  np.testing.assert_array_equal(saved["guidance_scale"], np.tile(np.repeat(np.float32([0.0, 2.0]), 20), 2))
+  assert saved["images"].shape == (5 * 20, 16, 16, 1) and saved["images"].dtype == np.uint8
+  assert saved["method"].tolist() == (["nearest neighbour"] * 20 + ["inpainting model"] * 40
+                                      + ["replacement method"] * 20 * 2)
+  assert np.all(np.isnan(saved["guidance_scale"][:20]))
+  np.testing.assert_array_equal(saved["guidance_scale"][20:], np.tile(np.repeat(np.float32([0.0, 2.0]), 20), 2))
   test = data_lib.load_dataset(config.data, config.data.test_split)
-  np.testing.assert_array_equal(saved["original"], np.tile(test.labels[:20], 4))
+  np.testing.assert_array_equal(saved["original"], np.tile(test.labels[:20], 5))
+  np.testing.assert_array_equal(saved["image"], np.tile(np.arange(20), 5))
   np.testing.assert_array_equal(saved["prompted"], (saved["original"] + 1) % 10)
   bottom = np.arange(16) >= 8
-  np.testing.assert_array_equal(saved["images"][:, ~bottom], np.tile(test.images[:20], (4, 1, 1, 1))[:, ~bottom])
-  for r in report["results"]:
+  np.testing.assert_array_equal(saved["images"][:, ~bottom], np.tile(test.images[:20], (5, 1, 1, 1))[:, ~bottom])
+  counts = np.bincount((test.labels[:20] + 1) % 10, minlength=10)
+  for r in [*report["results"], report["baseline"]]:
     per_target = np.array(r["per_target_accuracy"], np.float64)
-    counts = np.bincount((test.labels[:20] + 1) % 10, minlength=10)
+    assert r["per_target_count"] == counts.tolist()
     assert np.all(np.isnan(per_target) == (counts == 0))
     assert np.nansum(per_target * counts) / 20 == pytest.approx(r["edit_accuracy"])
+  check_baseline(report, saved["images"][:20], saved["prompted"][:20], config)
+
+
+def check_baseline(report, composites, prompted, config):
+  """The nearest-neighbour baseline keeps the known region exactly and completes it from a training image of
+  the prompted class."""
+  assert report["baseline"]["method"] == "nearest neighbour" and report["baseline"]["known_region_error"] == 0
+  train_set = data_lib.load_dataset(config.data, config.data.train_split)
+  bottom = np.arange(16) >= 8
+  for image, digit in zip(composites, prompted):
+    matches = np.flatnonzero(np.all(train_set.images[:, bottom] == image[bottom], axis=(1, 2, 3)))
+    assert len(matches) and digit in train_set.labels[matches]
+
+
+def test_edit_evaluation_to_every_other_class(runs):
+  """config.edit.targets = "all": each image is edited to the nine other classes, the baseline too."""
+  root, base, _, _, _ = runs
+  config = tiny_config()
+  config.edit.eval_images, config.edit.targets, config.edit.guidance_scales = 3, "all", (2.0,)
+  config.eval.output_dir = "eval_all"
+  config.eval.classifier_dir = str(root / "classifier")  # Trained by the test above, with these settings.
+  config.eval.classifier_train_split = "train[:1024]"
+  config.eval.classifier_steps = 60
+  config.eval.classifier_batch_size = 64
+  from glide_jax.modes.eval_edit import run as evaluate_edits
+  report = evaluate_edits(config, base)
+  test = data_lib.load_dataset(config.data, config.data.test_split)
+  assert report["config"]["num_images"] == 3 and report["config"]["num_edits"] == 27
+  assert [(r["method"], r["guidance_scale"]) for r in report["results"]] == [("replacement method", 2.0)]
+  saved = load_samples(os.path.join(base, "eval_all", "edit_samples.npz"))
+  np.testing.assert_array_equal(saved["image"], np.tile(np.repeat(np.arange(3), 9), 2))
+  for i in range(3):
+    assert sorted(saved["prompted"][9 * i:9 * i + 9]) == [c for c in range(10) if c != test.labels[i]]
+  for r in [*report["results"], report["baseline"]]:
+    per_target, counts = np.array(r["per_target_accuracy"], np.float64), np.array(r["per_target_count"])
+    assert counts.sum() == 27 and np.nansum(per_target * counts) / 27 == pytest.approx(r["edit_accuracy"])
+  check_baseline(report, saved["images"][:27], saved["prompted"][:27], config)
