@@ -121,6 +121,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999
   c.train.p_uncond = 0.2           # Probability an example's prompt is replaced by the empty prompt.
   c.train.min_snr_gamma = 0.0      # > 0: L_simple weighted by min(SNR, γ)/SNR (arXiv:2303.09556 uses 5); 0 = off.
+  # An inpainting model on a class dataset: the share of examples made into edit composites (half of an image of
+  # one class kept, the other half from the best-fitting image of another class, which is the prompt;
+  # glide_jax/editing/composites.py), so that it learns to follow a prompt the kept pixels disagree with.
+  c.train.edit_composites = 0.0
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
@@ -218,10 +222,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 def base_run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config of the run an inpainting run was fine-tuned from (train.init_from): the same model without
-  the inpainting channels, itself started from scratch."""
+  the inpainting channels, itself started from scratch, on the data as it is (no edit composites)."""
   base = config.copy_and_resolve_references()
   base.model.inpaint = False
   base.train.init_from = ""
+  base.train.edit_composites = 0.0
   return base
 
 
@@ -272,6 +277,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
   _validate_mesh(c.mesh)
   _validate_upsampler(c)
   _validate_clip(c.clip, c.data)
+  if c.train.edit_composites and not c.model.inpaint:
+    _fail("train.edit_composites", c.train.edit_composites, "edit composites train an inpainting model: set "
+          "model.inpaint=True (e.g. configs/mnist_cpu_inpaint.py), or 0.")
 
 
 def _validate_data(d: ml_collections.ConfigDict) -> None:
@@ -438,6 +446,9 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
       _fail(f"train.{name}", t[name], "Adam's decay rates are in [0, 1).")
   if not (_is_number(t.p_uncond) and 0.0 <= t.p_uncond <= 1.0):
     _fail("train.p_uncond", t.p_uncond, "it is a probability, in [0, 1].")
+  if not (_is_number(t.edit_composites) and 0.0 <= t.edit_composites <= 1.0):
+    _fail("train.edit_composites", t.edit_composites, "it is the share of examples made into edit composites, in "
+          "[0, 1].")
   if not (_is_number(t.ema_decay) and 0.0 <= t.ema_decay < 1.0):
     _fail("train.ema_decay", t.ema_decay, "it must be in [0, 1).")
   if not (_is_number(t.grad_clip) and t.grad_clip > 0):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -281,13 +281,14 @@ class BatchSource:
 
   def __init__(self, dataset: ImageDataset | CaptionDataset, tokenizer: Tokenizer, text_ctx: int,
                templates: Sequence[str], global_batch: int, seed: int, process_index: int = 0,
-               process_count: int = 1):
+               process_count: int = 1, composer: Optional[Callable] = None):
     if global_batch > len(dataset):
       raise UserError(f"config.train.batch_size = {global_batch} is larger than the dataset ({len(dataset)} "
                       f"examples); lower it or use a larger split.")
     if global_batch % process_count:
       raise UserError(f"config.train.batch_size = {global_batch} does not split over {process_count} processes.")
     self.dataset, self.global_batch, self.seed = dataset, global_batch, seed
+    self.composer = composer  # editing.composites.EditComposer, for a class dataset.
     self.tokenizer, self.text_ctx = tokenizer, text_ctx
     self.local_batch = global_batch // process_count
     self.local_slice = slice(process_index * self.local_batch, (process_index + 1) * self.local_batch)
@@ -325,7 +326,7 @@ class BatchSource:
   def __call__(self, step: int) -> dict[str, np.ndarray]:
     """This process's part of batch `step`: images [b,H,W,C] in [−1,1], tokens [b,L] and mask [b,L]."""
     global_idx = self.global_indices(step)
-    idx = global_idx[self.local_slice]
+    idx, extra = global_idx[self.local_slice], {}
     # Sorted reads: a memory-mapped caption folder is read front to back, not at random.
     order = np.argsort(idx, kind="stable")
     images = np.empty((len(idx),) + self.dataset.images.shape[1:], np.uint8)
@@ -336,6 +337,9 @@ class BatchSource:
       tokens, mask = self.tokenizer.tokenize_batch(prompts, self.text_ctx)
     else:
       labels = self.dataset.labels[idx]
+      if self.composer is not None:
+        images, labels, known, composite = self.composer(step, images, labels, self.local_slice, self.global_batch)
+        extra = {"known": known, "composite": composite}
       choice = self.template_choices(step)[self.local_slice]
       tokens, mask = self._tokens[labels, choice], self._mask[labels, choice]
-    return {"images": to_model_range(images), "tokens": tokens, "mask": mask}
+    return {"images": to_model_range(images), "tokens": tokens, "mask": mask, **extra}

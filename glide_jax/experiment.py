@@ -24,6 +24,7 @@ from glide_jax.clip.experiment import ClipExperiment
 from glide_jax.config import base_run_config, num_microbatches, validate_config
 from glide_jax.diffusion import GaussianDiffusion
 from glide_jax.diffusion.schedules import canonical_schedule_name
+from glide_jax.editing.composites import EditComposer
 from glide_jax.errors import UserError
 from glide_jax.model import ModelConfig, Text2ImUNet, get_tokenizer, init_params
 from glide_jax.rng import stream_key
@@ -123,9 +124,13 @@ class Experiment(Run):
 
   def batch_source(self) -> data_lib.BatchSource:
     c = self.config
-    return data_lib.BatchSource(data_lib.load_dataset(c.data), self.tokenizer, c.model.text_ctx,
-                                c.data.prompt_templates, c.train.batch_size, c.seed, jax.process_index(),
-                                jax.process_count())
+    dataset, composer = data_lib.load_dataset(c.data), None
+    if c.train.edit_composites:
+      data_lib.require_classes(c.data, f"config.train.edit_composites = {c.train.edit_composites}")
+      composer = EditComposer(dataset.images, dataset.labels, len(dataset.class_names), c.train.edit_composites,
+                              c.seed)
+    return data_lib.BatchSource(dataset, self.tokenizer, c.model.text_ctx, c.data.prompt_templates,
+                                c.train.batch_size, c.seed, jax.process_index(), jax.process_count(), composer)
 
   # --- Sampling ------------------------------------------------------------------------------------------
 

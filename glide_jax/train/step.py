@@ -75,13 +75,24 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
 
 
+def known_masks(rng: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+  """An inpainting model's training masks [B, H, W, 1]: random (`random_known_masks`, from their own stream so
+  the base model's draws stay as they are), except that an edit composite keeps the half its fill was chosen
+  for, batch["known"] (`editing.composites`)."""
+  images = batch["images"]
+  known = random_known_masks(jax.random.fold_in(rng, INPAINT_MASK_STREAM), images.shape[0], images.shape[1])
+  if "composite" in batch:
+    known = jnp.where(batch["composite"][:, None, None, None], batch["known"], known)
+  return known
+
+
 def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch: dict[str, jax.Array],
             rng: jax.Array, p_uncond: float, pad_id: int,
             min_snr_gamma: float = 0.0) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean hybrid loss of a batch: uniform t, ε ~ N(0, I), L_simple weighted by min-SNR-γ when γ > 0,
   prompts dropped with probability p_uncond; an
-  inpainting model also sees each example's known part under a random mask (GLIDE's fine-tuning), an
-  upsampler the example downsampled to its low resolution."""
+  inpainting model also sees each example's known part under a random mask (GLIDE's fine-tuning; an edit
+  composite under its own, batch["known"]), an upsampler the example downsampled to its low resolution."""
   x_start = batch["images"]
   t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
   t = jax.random.randint(t_rng, (x_start.shape[0],), 0, diffusion.num_timesteps)
@@ -90,9 +101,8 @@ def loss_fn(params: Any, model: Text2ImUNet, diffusion: GaussianDiffusion, batch
   tokens, mask = drop_conditioning(drop_rng, batch["tokens"], batch["mask"], p_uncond, pad_id)
   model_t = jnp.asarray(diffusion.timestep_map)[t]
   extra_inputs = {}
-  if model.config.inpaint:  # Its own stream, so the base model's draws stay as they are.
-    known = random_known_masks(jax.random.fold_in(rng, INPAINT_MASK_STREAM), x_start.shape[0], x_start.shape[1])
-    extra_inputs = {"inpaint_image": x_start, "inpaint_mask": known}
+  if model.config.inpaint:
+    extra_inputs = {"inpaint_image": x_start, "inpaint_mask": known_masks(rng, batch)}
   if model.config.super_res:
     extra_inputs["low_res"] = downsample(x_start, model.config.low_res_size)
   output = model.apply({"params": params}, x_t, model_t, tokens, mask, train=True, rngs={"dropout": dropout_rng},

@@ -37,6 +37,7 @@ def runs(tmp_path_factory):
   train(tiny_config(), base)
   inpaint_config = tiny_config(init_from=base)
   inpaint_config.model.inpaint = True
+  inpaint_config.train.edit_composites = 0.5  # Its batches carry composites and their masks (editing.composites).
   inpaint = str(root / "inpaint")
   state = train(inpaint_config, inpaint)
   return root, base, inpaint, inpaint_config, state
