@@ -21,7 +21,13 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from glide_jax.errors import report_errors
-from glide_jax.runtime import TRAINING_MODES, quiet_library_noise, stop_on_sigterm_before_work, use_all_cpu_cores
+from glide_jax.runtime import (
+  TRAINING_MODES,
+  quiet_library_noise,
+  stop_on_sigterm_before_work,
+  use_all_cpu_cores,
+  use_one_malloc_arena,
+)
 
 # Mode → "module:function(config, workdir, **the mode's own flags)", imported only when chosen.
 MODES = {
@@ -205,6 +211,7 @@ def launch(mode: Optional[str] = None) -> None:
   """The process's whole life: set-up before JAX starts, flags, then the mode (`mode` fixes --mode)."""
   stop_on_sigterm_before_work()
   quiet_library_noise()
+  use_one_malloc_arena()
   use_all_cpu_cores()
   argv = list(sys.argv)
   if mode is not None:

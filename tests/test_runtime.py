@@ -91,3 +91,33 @@ def test_the_machine_is_named_by_cpu_model_cores_and_avx512(tmp_path, monkeypatc
   assert describe_cpu(str(info)) == "AMD EPYC, 2 cores, no avx512f"
   assert describe_cpu(str(tmp_path / "missing")).endswith(", 2 cores")  # Not Linux: what `platform` knows.
   assert describe_machine().startswith(f"CPU: {describe_cpu()} (") and "JAX device" in describe_machine()
+
+
+# Four threads allocate, then glibc's malloc_stats() prints one "Arena N:" block per arena to stderr.
+ARENAS = """
+import ctypes, sys, threading
+from glide_jax import runtime
+print(runtime.use_one_malloc_arena())
+threads = [threading.Thread(target=lambda: [bytearray(100_000) for _ in range(10)]) for _ in range(4)]
+for t in threads:
+  t.start()
+for t in threads:
+  t.join()
+ctypes.CDLL(None).malloc_stats()
+"""
+
+
+def _arenas(env: dict) -> tuple[str, int]:
+  result = subprocess.run([sys.executable, "-c", ARENAS], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 0, result.stderr
+  return result.stdout.strip(), result.stderr.count("Arena ")
+
+
+def test_threads_share_one_malloc_arena_unless_the_user_sets_malloc_arena_max():
+  """The allocator setting of every glide-jax process (docs/benchmarks.md): threads that would each get an
+  arena of their own share the main one; a user's MALLOC_ARENA_MAX is left as it is."""
+  env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+  assert _arenas(env) == ("True", 1)
+  applied, arenas = _arenas(dict(env, MALLOC_ARENA_MAX="3"))
+  assert applied == "False" and 1 < arenas <= 3
