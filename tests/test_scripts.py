@@ -172,3 +172,95 @@ def test_exporting_to_a_path_that_is_not_a_new_npz_file_is_a_user_error(tmp_path
   with pytest.raises(UserError, match=r"give the path of a new \.npz file in an existing directory"):
     _carry_module().export_params(str(tmp_path / "run"), str(tmp_path / target))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory"]
+
+
+def _config_file(path: str):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("config_file", os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("name", ["mnist_cpu32", "mnist"])
+def test_torch_reference_presets_are_the_configs_they_stand_for(name):
+  """The PyTorch reference of docs/benchmarks.md times the shapes glide-jax's benchmark times: every preset
+  field equals its config's (with the preset's overrides), and the schedule is the config's."""
+  from glide_jax.diffusion.schedules import get_named_beta_schedule
+  from glide_jax.model.tokenizer import get_tokenizer
+
+  reference = load_script("torch_reference")
+  preset = reference.PRESETS[name]
+  config = _config_file(preset["config"])
+  for key, value in preset["overrides"].items():
+    config.model[key] = value
+  m = config.model
+  assert preset["model_channels"] == m.model_channels and preset["num_head_channels"] == m.num_head_channels
+  assert m.num_groups == 32  # glide-text2im's GroupNorm32 has 32 groups.
+  assert (preset["channel_mult"], preset["attention_resolutions"]) == (tuple(m.channel_mult),
+                                                                      tuple(m.attention_resolutions))
+  assert (preset["num_res_blocks"], preset["dropout"], preset["text_ctx"]) == (m.num_res_blocks, m.dropout,
+                                                                              m.text_ctx)
+  assert (preset["xf_width"], preset["xf_layers"], preset["xf_heads"]) == (m.xf_width, m.xf_layers, m.xf_heads)
+  assert preset["vocab_size"] == get_tokenizer(m.tokenizer).vocab_size
+  assert m.learn_sigma and not m.conv_resample and not m.resblock_updown and not m.position_embedding
+  assert (preset["image_size"], preset["channels"]) == (config.data.image_size, config.data.channels)
+  assert preset["min_snr_gamma"] == config.train.min_snr_gamma
+  assert (config.train.p_uncond, config.train.grad_clip, config.diffusion.num_timesteps) == (
+      reference.P_UNCOND, 1.0, reference.NUM_TIMESTEPS)
+  np.testing.assert_allclose(reference.cosine_betas(reference.NUM_TIMESTEPS),
+                             get_named_beta_schedule(config.diffusion.noise_schedule, 1000), rtol=1e-12)
+
+
+def test_torch_reference_without_glide_text2im_says_where_to_get_it(tmp_path, capsys):
+  assert load_script("torch_reference").main([f"--glide_text2im={tmp_path}"]) == 2
+  assert "clone https://github.com/openai/glide-text2im and pass its path as --glide_text2im" in capsys.readouterr().err
+
+
+# A compiled module's shape as XLA:CPU prints it: fused computations first, then the entry.
+_HLO = """HloModule jit_train_step
+
+%fused_computation.1 (param_0: f32[8,3,3,4], param_1: f32[3,3,4,4]) -> f32[8,3,3,4] {
+  %param_0 = f32[8,3,3,4]{3,2,1,0} parameter(0)
+  %param_1 = f32[3,3,4,4]{3,2,1,0} parameter(1)
+  ROOT %convolution.1 = f32[8,3,3,4]{3,2,1,0} convolution(%param_0, %param_1), window={size=3x3}
+}
+
+%fused_computation.2 (param_0.1: f32[8,4]) -> f32[8] {
+  %param_0.1 = f32[8,4]{1,0} parameter(0)
+  %constant.1 = f32[] constant(0)
+  ROOT %reduce.1 = f32[8]{0} reduce(%param_0.1, %constant.1), dimensions={1}, to_apply=%add
+}
+
+%fused_computation.3 (param_0.2: f32[8,4]) -> f32[8,4] {
+  %param_0.2 = f32[8,4]{1,0} parameter(0)
+  ROOT %multiply.1 = f32[8,4]{1,0} multiply(%param_0.2, %param_0.2)
+}
+
+ENTRY %main.9 (Arg_0.1: f32[8,3,3,4], Arg_1.2: f32[3,3,4,4]) -> f32[8] {
+  %Arg_0.1 = f32[8,3,3,4]{3,2,1,0} parameter(0)
+  %Arg_1.2 = f32[3,3,4,4]{3,2,1,0} parameter(1)
+  %ynn_fusion.1 = f32[8,3,3,4]{3,2,1,0} fusion(%Arg_0.1, %Arg_1.2), kind=kCustom, calls=%fused_computation.1, YNN
+  %bitcast.1 = f32[8,4]{1,0} bitcast(%Arg_0.1)
+  %multiply_fusion = f32[8,4]{1,0} fusion(%bitcast.1), kind=kLoop, calls=%fused_computation.3
+  %reduce_fusion = f32[8]{0} fusion(%multiply_fusion), kind=kInput, calls=%fused_computation.2
+  ROOT %all-reduce.1 = f32[8]{0} all-reduce(%reduce_fusion), replica_groups={{0,1}}, to_apply=%add
+}
+""".replace("YNN", 'backend_config={"fusion_config":{"kind":"__ynn_fusion"}}')
+
+
+def test_profile_step_sorts_device_time_by_kind_of_operation():
+  """scripts/profile_step.py's reading of a trace: each event named after an instruction of the compiled step
+  counts for that instruction's kind, per step; other events (Python, the runtime) do not count."""
+  profile = load_script("profile_step")
+  kinds = profile.operation_kinds(_HLO)
+  assert {k: kinds[k] for k in ("ynn_fusion.1", "multiply_fusion", "reduce_fusion", "all-reduce.1")} == {
+      "ynn_fusion.1": "YNNPACK convolution", "multiply_fusion": "elementwise fusion",
+      "reduce_fusion": "reduction fusion", "all-reduce.1": "collective"}
+  events = [{"ph": "X", "name": "ynn_fusion.1", "dur": 3000.0}, {"ph": "X", "name": "ynn_fusion.1", "dur": 1000.0},
+            {"ph": "X", "name": "all-reduce.1", "dur": 500.0}, {"ph": "X", "name": "PjitFunction(train_step)",
+                                                                "dur": 9e6}, {"ph": "M", "name": "reduce_fusion"}]
+  by_kind, by_op = profile.device_time(events, kinds, steps=2)
+  assert by_kind == [("YNNPACK convolution", 0.002, 1.0), ("collective", 0.00025, 0.5)]
+  assert [name for name, _, _ in by_op] == ["ynn_fusion.1", "all-reduce.1"]
