@@ -16,9 +16,11 @@ one device waiting for the other.
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import glob
 import gzip
+import importlib.util
 import json
 import os
 import re
@@ -100,6 +102,26 @@ def device_time(trace_events: list[dict], kinds: dict[str, str], steps: int):
   return rows(by_kind), rows(by_op)
 
 
+def load_config(path: str, overrides: list[str]):
+  """The config file's get_config() with "a.b=value" overrides (values read as Python literals, else text)."""
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for override in overrides:
+    key, _, text = override.partition("=")
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    *parents, name = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[name] = value
+  return config
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", required=True, help="a configs/*.py file")
@@ -115,17 +137,12 @@ def main(argv=None) -> int:
   runtime.use_one_malloc_arena()
   runtime.use_all_cpu_cores()
   import jax
-  from absl import flags
-  from ml_collections import config_flags
 
   from glide_jax import sharding as sharding_lib
   from glide_jax.experiment import Experiment
   from glide_jax.modes.benchmark import synthetic_batches
 
-  # The config file and its overrides read as main.py reads them.
-  flag = config_flags.DEFINE_config_file("config", args.config)
-  flags.FLAGS([sys.argv[0], f"--config={args.config}"] + [f"--config.{o}" for o in args.overrides])
-  config = flag.value
+  config = load_config(args.config, args.overrides)
   config.train.batch_size = args.batch
   exp = Experiment(config)
   state, rng = exp.init_fn(), exp.train_rng
