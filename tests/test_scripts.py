@@ -264,3 +264,10 @@ def test_profile_step_sorts_device_time_by_kind_of_operation():
   by_kind, by_op = profile.device_time(events, kinds, steps=2)
   assert by_kind == [("YNNPACK convolution", 0.002, 1.0), ("collective", 0.00025, 0.5)]
   assert [name for name, _, _ in by_op] == ["ynn_fusion.1", "all-reduce.1"]
+
+
+def test_profile_step_reads_the_config_with_overrides():
+  config = load_script("profile_step").load_config(os.path.join(REPO, "configs", "mnist_cpu.py"), [
+      "model.model_channels=32", "model.channel_mult=(1, 2)", "model.dtype=bfloat16"])
+  assert (config.model.model_channels, tuple(config.model.channel_mult), config.model.dtype) == (32, (1, 2), "bfloat16")
+  assert config.train.num_steps == 6000
