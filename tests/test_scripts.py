@@ -174,15 +174,6 @@ def test_exporting_to_a_path_that_is_not_a_new_npz_file_is_a_user_error(tmp_path
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a_directory"]
 
 
-def _config_file(path: str):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("config_file", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 @pytest.mark.parametrize("name", ["mnist_cpu32", "mnist"])
 def test_torch_reference_presets_are_the_configs_they_stand_for(name):
   """The PyTorch reference of docs/benchmarks.md times the shapes glide-jax's benchmark times: every preset
@@ -192,7 +183,7 @@ def test_torch_reference_presets_are_the_configs_they_stand_for(name):
 
   reference = load_script("torch_reference")
   preset = reference.PRESETS[name]
-  config = _config_file(preset["config"])
+  config = load_script("profile_step").load_config(os.path.join(REPO, preset["config"]), [])
   for key, value in preset["overrides"].items():
     config.model[key] = value
   m = config.model
