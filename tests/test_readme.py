@@ -100,3 +100,19 @@ def test_a_readme_command_names_real_flags_and_a_valid_config(command):
         assert value in defined[name], f"--{name}={value}: choose from {defined[name]}"
   if config is not None:
     validate_config(config)
+
+
+def _markdown_files() -> list[str]:
+  docs = os.path.join(REPO, "docs")
+  return [os.path.join(REPO, "README.md")] + sorted(os.path.join(docs, f) for f in os.listdir(docs)
+                                                    if f.endswith(".md"))
+
+
+@pytest.mark.parametrize("path", _markdown_files(), ids=lambda p: os.path.relpath(p, REPO))
+def test_every_relative_link_and_picture_in_the_docs_exists(path):
+  """A link or picture is read relative to its own file: docs/x.md shows docs/y.png as (y.png)."""
+  with open(path, encoding="utf-8") as f:
+    targets = re.findall(r"\]\(([^)\s]+)\)", f.read())
+  missing = [t for t in targets if not re.match(r"[a-z]+:|#", t)
+             and not os.path.exists(os.path.join(os.path.dirname(path), t.split("#")[0]))]
+  assert not missing, f"{os.path.relpath(path, REPO)} links to files that are not there: {missing}"
