@@ -52,21 +52,21 @@ def full_optimizations_env():
   return dict(os.environ, JAX_DISABLE_MOST_OPTIMIZATIONS="0", XLA_FLAGS=_USER_XLA_FLAGS, PYTHONPATH=REPO)
 
 
-# Seconds each file took in a cold CI run (2-core AVX2 EPYC, with the other worker busy; docs/testing.md).
-# `pytest -n 2 --dist loadfile` starts the longest first, so that the run does not end on one worker running a
-# long file while the other waits; unlisted files (a few seconds each) come last, in collection order. Files of a
-# minute or more are marked `slow`: `pytest -m "not slow"` leaves them out while iterating (CI runs everything).
+# Seconds each file's tests took in a cold run of the whole suite (2-core AMD EPYC Zen 4, AVX-512, two workers;
+# docs/testing.md), files of 10 s or more. `pytest -n 2 --dist loadfile` starts the longest first, so that the run
+# does not end on one worker running a long file while the other waits; unlisted files come last, in collection
+# order. Files of half a minute or more here (about a minute on the AVX2-only EPYC) are marked `slow`:
+# `pytest -m "not slow"` leaves them out while iterating (CI runs everything).
 FILE_SECONDS = {
-    "test_main.py": 249, "train/test_preemption.py": 210, "test_multihost.py": 201, "test_sharding.py": 193,
-    "test_scripts.py": 167, "test_datasets.py": 107, "test_notebook.py": 95, "modes/test_edit.py": 77,
-    "test_experiment.py": 76, "train/test_divergence.py": 75, "modes/test_cascade.py": 74,
-    "train/test_checkpoint.py": 65, "train/test_step.py": 55, "train/test_workdir_lock.py": 49,
-    "sampling/test_guided.py": 47, "modes/test_train.py": 46, "train/test_disk_full.py": 44,
-    "diffusion/test_known_region.py": 41, "modes/test_convert.py": 37, "model/test_text2im.py": 35,
-    "test_data_prepare.py": 34, "released/test_keymap.py": 30, "modes/test_eval.py": 24, "test_runtime.py": 22,
-    "model/test_model_config.py": 20, "train/test_programs.py": 15,
+    "train/test_preemption.py": 98, "test_multihost.py": 97, "test_main.py": 85, "test_sharding.py": 81,
+    "sampling/test_guided.py": 60, "test_notebook.py": 50, "test_scripts.py": 49, "modes/test_cascade.py": 49,
+    "test_datasets.py": 42, "test_scenes.py": 41, "train/test_divergence.py": 41, "modes/test_sample.py": 37,
+    "modes/test_convert.py": 36, "modes/test_edit.py": 36, "test_experiment.py": 35, "train/test_checkpoint.py": 33,
+    "train/test_step.py": 24, "train/test_disk_full.py": 20, "modes/test_train.py": 19, "modes/test_eval.py": 18,
+    "test_data_prepare.py": 16, "train/test_workdir_lock.py": 16, "model/test_text2im.py": 15,
+    "diffusion/test_known_region.py": 14, "released/test_keymap.py": 13,
 }
-SLOW_SECONDS = 60
+SLOW_SECONDS = 30
 
 
 def _file_seconds(item) -> int:
