@@ -26,7 +26,7 @@ from glide_jax.runtime import (
   quiet_library_noise,
   stop_on_sigterm_before_work,
   use_all_cpu_cores,
-  use_one_malloc_arena,
+  tune_malloc,
 )
 
 # Mode → "module:function(config, workdir, **the mode's own flags)", imported only when chosen.
@@ -211,7 +211,7 @@ def launch(mode: Optional[str] = None) -> None:
   """The process's whole life: set-up before JAX starts, flags, then the mode (`mode` fixes --mode)."""
   stop_on_sigterm_before_work()
   quiet_library_noise()
-  use_one_malloc_arena()
+  tune_malloc()
   use_all_cpu_cores()
   argv = list(sys.argv)
   if mode is not None:

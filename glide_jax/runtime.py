@@ -69,26 +69,41 @@ def use_all_cpu_cores() -> None:
   os.environ["XLA_FLAGS"] = flags
 
 
-# glibc's mallopt parameter for the most arenas (malloc.h).
-M_ARENA_MAX = -8
+# glibc's mallopt parameters (malloc.h), and the largest mmap threshold it accepts on 64-bit systems.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+MMAP_THRESHOLD_MAX = 32 * 2**20
+# Free memory the heap keeps rather than returning it to the system: more than a CPU step frees at once.
+TRIM_THRESHOLD = 2**30
 
 
-def use_one_malloc_arena() -> bool:
-  """On glibc, every thread allocates from the main heap (mallopt(M_ARENA_MAX, 1)), unless MALLOC_ARENA_MAX is set.
+def tune_malloc() -> tuple[str, ...]:
+  """On glibc, the allocator set for a loop of steps that allocate and free the same buffers each time; which
+  settings applied: "one arena", "freed memory kept". Call before JAX starts its threads. No number changes.
 
-  XLA:CPU's threads allocate and free each step's temporary buffers. In the arenas glibc gives threads by
-  default, a heap grows for the step and is trimmed after it, so every step maps its pages in again: on a
-  2-core CPU the `mnist_cpu` step spent a fifth of its CPU time in the kernel doing so (docs/benchmarks.md).
-  One arena keeps the memory; no number changes. Call before JAX starts its threads. Returns whether it applied.
+  - One arena (mallopt(M_ARENA_MAX, 1)) unless MALLOC_ARENA_MAX is set: XLA:CPU's threads allocate and free
+    each step's temporary buffers, and in the arenas glibc gives threads by default a heap grew for the step
+    and was trimmed after it, so every step mapped its pages in again (a fifth of `mnist_cpu`'s step).
+  - Freed memory kept (an mmap threshold of 32 MiB and a trim threshold of 1 GiB) unless MALLOC_MMAP_THRESHOLD_
+    or MALLOC_TRIM_THRESHOLD_ is set: glibc's own thresholds follow the largest buffer freed, so a step that
+    frees many buffers of the same size (`mnist_scenes_cpu`'s 50,257-word embedding, its gradient, Adam
+    moments and EMA, 12.9 MB each) still had the heap trimmed and faulted in again every step.
+  docs/benchmarks.md has the figures.
   """
-  if os.environ.get("MALLOC_ARENA_MAX") or not hasattr(os, "confstr"):
-    return False
+  if not hasattr(os, "confstr"):
+    return ()
   try:
     if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-      return False
-    return ctypes.CDLL(None).mallopt(M_ARENA_MAX, 1) == 1
+      return ()
+    mallopt = ctypes.CDLL(None).mallopt
   except (OSError, ValueError, AttributeError):
-    return False
+    return ()
+  applied = []
+  if not os.environ.get("MALLOC_ARENA_MAX") and mallopt(M_ARENA_MAX, 1) == 1:
+    applied.append("one arena")
+  if (not os.environ.get("MALLOC_MMAP_THRESHOLD_") and not os.environ.get("MALLOC_TRIM_THRESHOLD_")
+      and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1):
+    applied.append("freed memory kept")
+  return tuple(applied)
 
 
 def quiet_library_noise() -> None:

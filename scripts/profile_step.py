@@ -134,7 +134,7 @@ def main(argv=None) -> int:
 
   from glide_jax import runtime
 
-  runtime.use_one_malloc_arena()
+  runtime.tune_malloc()
   runtime.use_all_cpu_cores()
   import jax
 

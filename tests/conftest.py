@@ -5,11 +5,11 @@ The package is imported from the checkout (pytest.ini's `pythonpath`, or `pip in
 
 import os
 
-from glide_jax.runtime import CPU_MEMORY_SCHEDULER, use_one_malloc_arena  # (Imports no JAX.)
+from glide_jax.runtime import CPU_MEMORY_SCHEDULER, tune_malloc  # (Imports no JAX.)
 from helpers.paths import REPO
 from helpers.xla import HOST_DEVICES, host_device_flag
 
-use_one_malloc_arena()  # As main.py's processes allocate, before JAX starts its threads.
+tune_malloc()  # As main.py's processes allocate, before JAX starts its threads.
 
 # The prepared MNIST beside the checkout (read-only); nothing is ever downloaded in tests.
 _SHARED_TFDS = os.path.join(os.path.dirname(REPO), "shared", "tensorflow_datasets")

@@ -97,7 +97,7 @@ def test_the_machine_is_named_by_cpu_model_cores_and_avx512(tmp_path, monkeypatc
 ARENAS = """
 import ctypes, sys, threading
 from glide_jax import runtime
-print(runtime.use_one_malloc_arena())
+print(runtime.tune_malloc())
 threads = [threading.Thread(target=lambda: [bytearray(100_000) for _ in range(10)]) for _ in range(4)]
 for t in threads:
   t.start()
@@ -117,7 +117,45 @@ def _arenas(env: dict) -> tuple[str, int]:
 def test_threads_share_one_malloc_arena_unless_the_user_sets_malloc_arena_max():
   """The allocator setting of every glide-jax process (docs/benchmarks.md): threads that would each get an
   arena of their own share the main one; a user's MALLOC_ARENA_MAX is left as it is."""
-  env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-  assert _arenas(env) == ("True", 1)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+  assert _arenas(env) == ("('one arena', 'freed memory kept')", 1)
   applied, arenas = _arenas(dict(env, MALLOC_ARENA_MAX="3"))
-  assert applied == "False" and 1 < arenas <= 3
+  assert applied == "('freed memory kept',)" and 1 < arenas <= 3
+
+
+# Each round allocates six buffers of 10 MB, writes them and frees them, as a step does with its large buffers;
+# prints the page faults of rounds 2-5 (the first maps the memory in whatever the setting).
+ROUNDS = """
+import ctypes, resource, sys
+from glide_jax import runtime
+if sys.argv[1] == "tuned":
+  print(runtime.tune_malloc())
+faults = []
+for _ in range(5):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  buffers = [bytearray(10 * 2**20) for _ in range(6)]
+  for b in buffers:
+    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(b)), 1, len(b))
+  del buffers, b
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[1:]))
+"""
+
+
+def _faults_after_the_first_round(how: str, env: dict) -> list[str]:
+  result = subprocess.run([sys.executable, "-c", ROUNDS, how], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+  assert result.returncode == 0, result.stderr
+  return result.stdout.splitlines()
+
+
+def test_memory_a_step_frees_is_kept_for_the_next_unless_the_user_sets_the_thresholds():
+  """glibc's own thresholds follow the largest buffer freed: 60 MB freed in 10 MB buffers is handed back and
+  faulted in again every round (15,360 pages a round). Tuned, the rounds after the first reuse it; a user's
+  MALLOC_MMAP_THRESHOLD_ is left as it is."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+  assert int(_faults_after_the_first_round("glibc", env)[-1]) > 4 * 10_000
+  applied, faults = _faults_after_the_first_round("tuned", env)
+  assert applied == "('one arena', 'freed memory kept')" and int(faults) < 1_000
+  applied, faults = _faults_after_the_first_round("tuned", dict(env, MALLOC_MMAP_THRESHOLD_="131072"))
+  assert applied == "('one arena',)" and int(faults) > 4 * 10_000
