@@ -25,8 +25,8 @@ from glide_jax.runtime import (
   TRAINING_MODES,
   quiet_library_noise,
   stop_on_sigterm_before_work,
-  use_all_cpu_cores,
   tune_malloc,
+  use_all_cpu_cores,
 )
 
 # Mode → "module:function(config, workdir, **the mode's own flags)", imported only when chosen.
