@@ -69,11 +69,11 @@ def use_all_cpu_cores() -> None:
   os.environ["XLA_FLAGS"] = flags
 
 
-# glibc's mallopt parameters (malloc.h), and the largest mmap threshold it accepts on 64-bit systems.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MMAP_THRESHOLD_MAX = 32 * 2**20
+# glibc's mallopt parameters (malloc.h).
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 # Free memory the heap keeps rather than returning it to the system: more than a CPU step frees at once.
 TRIM_THRESHOLD = 2**30
+_THRESHOLD_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def tune_malloc() -> tuple[str, ...]:
@@ -83,10 +83,11 @@ def tune_malloc() -> tuple[str, ...]:
   - One arena (mallopt(M_ARENA_MAX, 1)) unless MALLOC_ARENA_MAX is set: XLA:CPU's threads allocate and free
     each step's temporary buffers, and in the arenas glibc gives threads by default a heap grew for the step
     and was trimmed after it, so every step mapped its pages in again (a fifth of `mnist_cpu`'s step).
-  - Freed memory kept (an mmap threshold of 32 MiB and a trim threshold of 1 GiB) unless MALLOC_MMAP_THRESHOLD_
-    or MALLOC_TRIM_THRESHOLD_ is set: glibc's own thresholds follow the largest buffer freed, so a step that
-    frees many buffers of the same size (`mnist_scenes_cpu`'s 50,257-word embedding, its gradient, Adam
-    moments and EMA, 12.9 MB each) still had the heap trimmed and faulted in again every step.
+  - Freed memory kept (every allocation from the heap, none mapped on its own, and a trim threshold of 1 GiB)
+    unless MALLOC_MMAP_MAX_, MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ is set: glibc maps a buffer
+    above its mmap threshold (at most 32 MiB) on its own and unmaps it when freed, and trims the heap by
+    thresholds that follow the largest buffer freed, so `mnist_scenes_cpu`'s step (XLA's 130 MB of temporary
+    memory a device, its 12.9 MB embedding's gradient, moments and EMA) faulted all of it in again each time.
   docs/benchmarks.md has the figures.
   """
   if not hasattr(os, "confstr"):
@@ -100,8 +101,8 @@ def tune_malloc() -> tuple[str, ...]:
   applied = []
   if not os.environ.get("MALLOC_ARENA_MAX") and mallopt(M_ARENA_MAX, 1) == 1:
     applied.append("one arena")
-  if (not os.environ.get("MALLOC_MMAP_THRESHOLD_") and not os.environ.get("MALLOC_TRIM_THRESHOLD_")
-      and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1):
+  if (not any(os.environ.get(name) for name in _THRESHOLD_VARIABLES)
+      and mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1):
     applied.append("freed memory kept")
   return tuple(applied)
 
