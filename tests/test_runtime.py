@@ -107,10 +107,16 @@ ctypes.CDLL(None).malloc_stats()
 """
 
 
-def _arenas(env: dict) -> tuple[str, int]:
-  result = subprocess.run([sys.executable, "-c", ARENAS], env=env, cwd=REPO, capture_output=True, text=True,
+def _python(script: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+  """`script` in a fresh interpreter (the allocator is set once per process), which must succeed."""
+  result = subprocess.run([sys.executable, "-c", script, *args], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=60)
   assert result.returncode == 0, result.stderr
+  return result
+
+
+def _arenas(env: dict) -> tuple[str, int]:
+  result = _python(ARENAS, env)
   return result.stdout.strip(), result.stderr.count("Arena ")
 
 
@@ -144,10 +150,7 @@ print(sum(faults[1:]))
 
 
 def _faults_after_the_first_round(how: str, env: dict) -> list[str]:
-  result = subprocess.run([sys.executable, "-c", ROUNDS, how], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=60)
-  assert result.returncode == 0, result.stderr
-  return result.stdout.splitlines()
+  return _python(ROUNDS, env, how).stdout.splitlines()
 
 
 def test_memory_a_step_frees_is_kept_for_the_next_unless_the_user_sets_the_thresholds():
