@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 
 import jax
 import numpy as np
@@ -262,3 +263,28 @@ def test_profile_step_reads_the_config_with_overrides():
       "model.model_channels=32", "model.channel_mult=(1, 2)", "model.dtype=bfloat16"])
   assert (config.model.model_channels, tuple(config.model.channel_mult), config.model.dtype) == (32, (1, 2), "bfloat16")
   assert config.train.num_steps == 6000
+
+
+def test_compile_log_sees_every_process_and_names_its_cache_misses_and_hits(tmp_path):
+  """Two processes jit the same function under one persistent cache: the first compiles, the second loads it
+  under the same key; the start-up hook is gone from site-packages afterwards."""
+  compile_log = load_script("compile_log")
+  program = ("import jax, jax.numpy as jnp; jax.config.update('jax_persistent_cache_min_compile_time_secs', 0); "
+             "jax.jit(lambda x: x * 3 + 1)(jnp.ones(5)).block_until_ready()")
+  log = tmp_path / "log.jsonl"
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "compile_log.py"), f"--log={log}", "--",
+                           "bash", "-c", f'"{sys.executable}" -c "{program}"; "{sys.executable}" -c "{program}"'],
+                          env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [r for r in compile_log.read_log(str(log)) if r["fun"] == "jit(<lambda>)"
+          and r["event"] == "backend_compile_duration"]
+  assert [compile_log.kind(r) for r in rows] == ["compile", "load"]
+  assert len({r["pid"] for r in rows}) == 2 and rows[0]["key"] == rows[1]["key"] != ""
+  assert "programs compiled more than once under one cache key: 0" in result.stdout
+  assert not os.path.exists(os.path.join(sysconfig.get_paths()["purelib"], compile_log.PTH_NAME))
+
+  a, b = "tests/test_a.py::test_one (call)", "tests/test_b.py::test_two (call)"
+  text = compile_log.report([dict(rows[0], test=a), dict(rows[0], test=b), dict(rows[1], test=b)])
+  assert "programs compiled more than once under one cache key: 1 (1 extra compiles)" in text
+  assert re.search(r"tests/test_b\.py +0\.0 +0\.0 +[\d.]+ +[\d.]+", text), text
