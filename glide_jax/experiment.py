@@ -35,7 +35,13 @@ from glide_jax.sampling.guided import GuidedSampler, SamplerSpec
 from glide_jax.train import checkpoint as ckpt_lib
 from glide_jax.train import programs
 from glide_jax.train.init_from import new_input_channels, transfer_params
-from glide_jax.train.step import TrainState, init_state_from_params, make_sharded_init, make_sharded_train_step
+from glide_jax.train.step import (
+  ShardedInit,
+  TrainState,
+  init_state_from_params,
+  make_sharded_init,
+  make_sharded_train_step,
+)
 
 # What a guide network (autoguidance) shares with the model it guides: the tokens, the images and the timesteps.
 GUIDE_MUST_MATCH = ("model.tokenizer", "model.text_ctx", "data.image_size", "data.channels", "model.inpaint",
@@ -58,7 +64,7 @@ class Experiment(Run):
     self.mesh = mesh if mesh is not None else mesh_the_batch_fits(config)
 
   @functools.cached_property
-  def _sharded_init(self) -> tuple[Callable[[], TrainState], Any]:
+  def _sharded_init(self) -> ShardedInit:
     return programs.kept("init", self._program_key, lambda: make_sharded_init(
         self.mesh, self.model, self.optimizer, stream_key(self.config.seed, "init")))
 

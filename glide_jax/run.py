@@ -25,7 +25,7 @@ from glide_jax.rng import stream_key
 from glide_jax.saved_config import config_from_json
 from glide_jax.train import checkpoint as ckpt_lib
 from glide_jax.train import programs
-from glide_jax.train.step import TrainState, init_state_from_params, make_optimizer
+from glide_jax.train.step import ShardedInit, TrainState, init_state_from_params, make_optimizer
 from glide_jax.train.workdir_lock import WorkdirLock
 
 
@@ -75,23 +75,23 @@ class Run:
     return programs.program_key(self.config, self.mesh)
 
   @functools.cached_property
-  def _sharded_init(self) -> tuple[Callable[[], TrainState], Any]:
-    """(init function producing a fresh state in its shardings, those shardings): the subclass's model."""
+  def _sharded_init(self) -> ShardedInit:
+    """The subclass's model's initialiser over this mesh (kept in `programs` for every run of the same key)."""
     raise NotImplementedError
 
   @property
   def init_fn(self) -> Callable[[], TrainState]:
     """A fresh training state (random parameters, new optimizer), made directly in its shardings."""
-    return self._sharded_init[0]
+    return self._sharded_init.init
 
   @property
   def state_shardings(self) -> Any:
-    return self._sharded_init[1]
+    return self._sharded_init.shardings
 
   @functools.cached_property
   def abstract_state(self) -> TrainState:
     """The training state's shapes, dtypes and shardings (ShapeDtypeStructs; nothing allocated)."""
-    return ckpt_lib.abstract_with_shardings(jax.eval_shape(self.init_fn), self.state_shardings)
+    return ckpt_lib.abstract_with_shardings(self._sharded_init.shapes, self.state_shardings)
 
   @functools.cached_property
   def abstract_params(self) -> Any:

@@ -29,7 +29,7 @@ from glide_jax.rng import stream_key
 from glide_jax.run import Run, mesh_the_batch_fits
 from glide_jax.train import checkpoint as ckpt_lib
 from glide_jax.train import programs
-from glide_jax.train.step import TrainState, init_state_from_params, shard_init
+from glide_jax.train.step import ShardedInit, TrainState, init_state_from_params, shard_init
 
 # The fields that make a CLIP's parameters mean what they mean: its sizes, the images and the noise it reads.
 CLIP_MODEL_FIELDS = ("clip", "data.image_size", "data.channels", "diffusion")
@@ -77,7 +77,7 @@ class ClipExperiment(Run):
                       "random weights: leave it ''.")
 
   @functools.cached_property
-  def _sharded_init(self) -> tuple[Callable[[], TrainState], Any]:
+  def _sharded_init(self) -> ShardedInit:
     rng = stream_key(self.config.seed, "init")
 
     def init() -> TrainState:

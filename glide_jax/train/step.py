@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.struct
 import jax
@@ -190,14 +190,20 @@ def make_sharded_train_step(mesh: Mesh, state_sharding: Any, **static) -> Callab
       donate_argnums=(0,))
 
 
+class ShardedInit(NamedTuple):
+  """A model's training-state initialiser over a mesh, with what it makes: the state's shardings and shapes."""
+  init: Callable[[], TrainState]  # Jitted: the state made directly in its shardings.
+  shardings: Any
+  shapes: Any  # ShapeDtypeStructs (no shardings): traced once here, so nothing traces the initialiser again.
+
+
 def make_sharded_init(mesh: Mesh, model: Text2ImUNet, optimizer: optax.GradientTransformation,
-                      rng: jax.Array) -> tuple[Callable[[], TrainState], Any]:
-  """(init function producing the state directly in its shardings, those shardings)."""
+                      rng: jax.Array) -> ShardedInit:
   return shard_init(mesh, functools.partial(init_train_state, model, optimizer, rng))
 
 
-def shard_init(mesh: Mesh, init: Callable[[], TrainState]) -> tuple[Callable[[], TrainState], Any]:
-  """`init` jitted to produce any model's TrainState directly in its shardings over `mesh`, and those shardings."""
-  abstract = jax.eval_shape(init)
-  shardings = sharding_lib.state_shardings(mesh, abstract)
-  return jax.jit(init, out_shardings=shardings), shardings
+def shard_init(mesh: Mesh, init: Callable[[], TrainState]) -> ShardedInit:
+  """`init` jitted to produce any model's TrainState directly in its shardings over `mesh`."""
+  shapes = jax.eval_shape(init)
+  shardings = sharding_lib.state_shardings(mesh, shapes)
+  return ShardedInit(jax.jit(init, out_shardings=shardings), shardings, shapes)
