@@ -8,8 +8,9 @@ For the duration of the command a start-up hook (a .pth file, active only where 
 in this interpreter's site-packages, so the test workers and every main.py, script and notebook kernel they
 start log through JAX's monitoring events (scripts/compile_log_hook.py); it is removed when the command ends.
 Times are wall seconds inside each process: on a busy 2-core machine, about CPU seconds. A program compiled more
-than once under one cache key is one that the persistent cache did not serve: a process that does not write
-the cache (JAX writes from process 0 of a multi-process job only), or two that compiled it at the same time.
+than once under one cache key is one that the persistent cache did not serve: one that compiles faster than
+jax_persistent_cache_min_compile_time_secs (not cached by design), one from a process that does not write the
+cache (JAX writes from process 0 of a multi-process job only), or one two processes compiled at the same time.
 """
 
 from __future__ import annotations

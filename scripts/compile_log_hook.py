@@ -29,25 +29,20 @@ def _duration(event: str, duration: float, **kw) -> None:
           "fun": str(kw.get("fun_name", "")), "s": round(duration, 4), "hit": hit, "key": key[-20:]})
 
 
-def _event(event: str, **kw) -> None:
-  if event == "/jax/compilation_cache/cache_hits":
-    _state.hit = True
-
-
 def _wrap_compiler(module) -> None:
-  """The cache key of the compile that follows: JAX names it only in these log calls."""
-  for name in ("log_persistent_cache_miss", "log_persistent_cache_hit"):
+  """Whether the persistent cache served the compile that follows, and its key: JAX says both only by which of
+  these it calls, with the key."""
+  for name, hit in (("log_persistent_cache_miss", False), ("log_persistent_cache_hit", True)):
     original = getattr(module, name)
 
-    def logged(module_name, cache_key, *a, _original=original, **k):
-      _state.key = cache_key
+    def logged(module_name, cache_key, *a, _original=original, _hit=hit, **k):
+      _state.hit, _state.key = _hit, cache_key
       return _original(module_name, cache_key, *a, **k)
     setattr(module, name, logged)
 
 
 def _wrap_monitoring(module) -> None:
   module.register_event_duration_secs_listener(_duration)
-  module.register_event_listener(_event)
 
 
 _HOOKS = {"jax._src.monitoring": _wrap_monitoring, "jax._src.compiler": _wrap_compiler}

@@ -199,6 +199,7 @@ class ShardedInit(NamedTuple):
 
 def make_sharded_init(mesh: Mesh, model: Text2ImUNet, optimizer: optax.GradientTransformation,
                       rng: jax.Array) -> ShardedInit:
+  """The diffusion model's training state, initialised from `rng` over `mesh` (`shard_init`)."""
   return shard_init(mesh, functools.partial(init_train_state, model, optimizer, rng))
 
 
