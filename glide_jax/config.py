@@ -106,6 +106,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.num_timesteps = 1000
   c.diffusion.noise_schedule = "squaredcos_cap_v2"  # GLIDE's cosine schedule ("cosine" is an alias); or "linear".
+  c.diffusion.snr_scale = 1.0      # < 1: every step noisier, SNR(t) times this (schedules.scale_snr); 1 = as named.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128         # Global batch, split over all devices.
@@ -412,6 +413,9 @@ def _validate_diffusion(f: ml_collections.ConfigDict) -> None:
   _check_int("diffusion.num_timesteps", f.num_timesteps, 1)
   if f.noise_schedule not in SCHEDULE_NAMES:
     _fail("diffusion.noise_schedule", f.noise_schedule, f"choose one of {SCHEDULE_NAMES}.")
+  if not (_is_number(f.snr_scale) and f.snr_scale > 0):
+    _fail("diffusion.snr_scale", f.snr_scale, "it must be a number > 0 (1 = the schedule as named; 0.25 halves "
+          "the signal's scale against the noise at every step).")
 
 
 def _check_respacing(field: str, respacing, num_timesteps: int) -> None:

@@ -45,7 +45,8 @@ from glide_jax.train.step import (
 
 # What a guide network (autoguidance) shares with the model it guides: the tokens, the images and the timesteps.
 GUIDE_MUST_MATCH = ("model.tokenizer", "model.text_ctx", "data.image_size", "data.channels", "model.inpaint",
-                    "model.low_res_size", "diffusion.noise_schedule", "diffusion.num_timesteps")
+                    "model.low_res_size", "diffusion.noise_schedule", "diffusion.num_timesteps",
+                    "diffusion.snr_scale")
 
 
 class Experiment(Run):
@@ -60,7 +61,8 @@ class Experiment(Run):
     self.tokenizer = get_tokenizer(config.model.tokenizer)
     self.model_config = ModelConfig.from_config(config, self.tokenizer.vocab_size)
     self.model = Text2ImUNet(self.model_config)
-    self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps)
+    self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps,
+                                                     config.diffusion.snr_scale)
     self.mesh = mesh if mesh is not None else mesh_the_batch_fits(config)
 
   @functools.cached_property
@@ -184,7 +186,8 @@ class Experiment(Run):
         ("image size", k.image_size, c.image_size), ("channels", k.image_channels, c.in_channels),
         ("diffusion timesteps", k.n_timesteps, d.num_timesteps),
         ("noise schedule", canonical_schedule_name(clip.config.diffusion.noise_schedule),
-         canonical_schedule_name(d.noise_schedule))) if there != here]
+         canonical_schedule_name(d.noise_schedule)),
+        ("SNR scale", clip.config.diffusion.snr_scale, d.snr_scale)) if there != here]
     if differing:
       raise UserError(f"config.sample.clip_workdir = {s.clip_workdir!r} holds a CLIP of other images or noise than "
                       f"this model's: {'; '.join(differing)}. Train one with this config's data and diffusion "

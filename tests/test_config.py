@@ -90,6 +90,8 @@ def test_a_tokenizer_that_cannot_be_built_here_is_refused_up_front(monkeypatch, 
     ("model.learn_sigma", False, "model.learn_sigma"),
     ("diffusion.num_timesteps", 0, "diffusion.num_timesteps"),
     ("diffusion.noise_schedule", "sigmoid", "diffusion.noise_schedule"),
+    ("diffusion.snr_scale", 0.0, "diffusion.snr_scale"),
+    ("diffusion.snr_scale", float("inf"), "diffusion.snr_scale"),
     ("train.batch_size", 0, "train.batch_size"),
     ("train.microbatch_size", 48, "train.microbatch_size"),  # 48 does not divide the batch of 128.
     ("train.learning_rate", float("nan"), "train.learning_rate"),

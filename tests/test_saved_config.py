@@ -32,6 +32,15 @@ def test_a_checkpoint_from_before_model_inpaint_existed_is_an_ordinary_model():
   assert model_config_differences(saved, current) == ["model.inpaint: False in the checkpoint, True now"]
 
 
+def test_a_checkpoint_from_before_diffusion_snr_scale_existed_was_unscaled():
+  saved = config_to_json(tiny_config(num_steps=2))
+  del saved["diffusion"]["snr_scale"]
+  current = tiny_config(num_steps=2)
+  assert model_config_differences(saved, current) == []
+  current.diffusion.snr_scale = 0.25
+  assert model_config_differences(saved, current) == ["diffusion.snr_scale: 1.0 in the checkpoint, 0.25 now"]
+
+
 def test_recipe_differences_name_the_fields_that_change_a_runs_course():
   saved = config_to_json(tiny_config(num_steps=2))
   current = tiny_config(num_steps=50, log_every=1, checkpoint_every=7)  # More steps and other chores: the same run.

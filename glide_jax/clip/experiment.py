@@ -63,7 +63,8 @@ class ClipExperiment(Run):
     self.workdir = os.path.abspath(os.path.expanduser(workdir)) if workdir else None
     self.tokenizer = get_clip_tokenizer()
     self.clip_config = clip_config_of(config)
-    self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps)
+    self.diffusion = GaussianDiffusion.from_schedule(config.diffusion.noise_schedule, config.diffusion.num_timesteps,
+                                                     config.diffusion.snr_scale)
     self.mesh = mesh if mesh is not None else mesh_the_batch_fits(config)
 
   def check_trainable(self) -> None:

@@ -43,8 +43,8 @@ class GaussianDiffusion:
     return cls(betas=betas, timestep_map=np.asarray(timestep_map, dtype=np.int32))
 
   @classmethod
-  def from_schedule(cls, name: str, num_timesteps: int) -> "GaussianDiffusion":
-    return cls.from_betas(get_named_beta_schedule(name, num_timesteps))
+  def from_schedule(cls, name: str, num_timesteps: int, snr_scale: float = 1.0) -> "GaussianDiffusion":
+    return cls.from_betas(get_named_beta_schedule(name, num_timesteps, snr_scale))
 
   # --- derived float64 tables --------------------------------------------------------------------
   @property

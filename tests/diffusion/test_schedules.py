@@ -76,6 +76,24 @@ def test_alphas_cumprod_is_the_product_formula(name, num_timesteps):
   assert diffusion.num_timesteps == num_timesteps
 
 
+@pytest.mark.parametrize("name", ["linear", "squaredcos_cap_v2"])
+@pytest.mark.parametrize("snr_scale", [1 / 16, 0.25, 4.0])
+def test_snr_scale_multiplies_the_snr_of_every_step(name, snr_scale):
+  """SNR'(t) = k SNR(t) at every t (Chen 2023, Hoogeboom et al. 2023), with valid betas: ᾱ' still falls from
+  below 1 towards 0, so sampling starts from noise as before."""
+  plain = GaussianDiffusion.from_schedule(name, 1000)
+  scaled = GaussianDiffusion.from_schedule(name, 1000, snr_scale)
+  snr = lambda d: d.alphas_cumprod / (1.0 - d.alphas_cumprod)
+  np.testing.assert_allclose(snr(scaled) / snr(plain), snr_scale, rtol=1e-9)
+  assert np.all(scaled.betas > 0) and np.all(scaled.betas < 1) and np.all(np.diff(scaled.alphas_cumprod) < 0)
+  assert (scaled.alphas_cumprod[-1] < plain.alphas_cumprod[-1]) == (snr_scale < 1)
+
+
+def test_snr_scale_one_is_the_named_schedule_bit_for_bit():
+  for name in ("linear", "squaredcos_cap_v2"):
+    np.testing.assert_array_equal(get_named_beta_schedule(name, 100, 1.0), get_named_beta_schedule(name, 100))
+
+
 def test_unknown_schedule_is_a_config_error_naming_the_field():
   with pytest.raises(ConfigError, match=r"'quadratic'.*config\.diffusion\.noise_schedule"):
     get_named_beta_schedule("quadratic", 1000)

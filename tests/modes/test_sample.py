@@ -188,6 +188,12 @@ def test_autoguidance_by_another_run_of_a_smaller_model(sampled, tmp_path):
   config.sample.guide_workdir = str(tmp_path / "other")
   with pytest.raises(UserError, match=r"cannot guide this model: model.text_ctx = 12 there, 8 here\. A guide must"):
     Experiment(config, workdir).sampler()
+  noisier = sample_config()
+  noisier.diffusion.snr_scale = 0.25  # Another diffusion: the guide's ε would be of other noise levels.
+  Experiment(noisier, str(tmp_path / "noisier")).write_params(exp.load_params()[0])
+  config.sample.guide_workdir = str(tmp_path / "noisier")
+  with pytest.raises(UserError, match=r"cannot guide this model: diffusion.snr_scale = 0.25 there, 1.0 here\."):
+    Experiment(config, workdir).sampler()
 
 
 def test_clip_guided_sampling_reads_a_clip_run(sampled, tiny_clip_run, tmp_path):
@@ -203,6 +209,10 @@ def test_clip_guided_sampling_reads_a_clip_run(sampled, tiny_clip_run, tmp_path)
   sampler = exp.sampler(params)
   clip = ClipExperiment.from_workdir(clip_workdir)
   assert sampler.clip_config == clip.clip_config
+  noisier = config.copy_and_resolve_references()
+  noisier.diffusion.snr_scale = 0.25
+  with pytest.raises(UserError, match="other images or noise than this model's: SNR scale 1.0 there, 0.25 here"):
+    _ = Experiment(noisier, workdir).clip_experiment
   assert_trees_equal(sampler.params["clip"], clip.load_params()[0])
   grid = exp.sample_grid(sampler, ["7", "3"], [0.0, 30.0], 1, jax.random.key(0))
   # The sample grids of training use their own spec (classifier-free): no CLIP tokens in their rows.
