@@ -41,6 +41,14 @@ def fully_right(layouts: np.ndarray, captions: Sequence[str]) -> np.ndarray:
                    for layout, caption in zip(layouts, captions)], bool)
 
 
+def right_digits(layouts: np.ndarray, captions: Sequence[str]) -> np.ndarray:
+  """bool [N]: whether each scene holds its caption's digits, in any cells (the other cells empty). With
+  `fully_right` it tells a model that draws the right digits in the wrong places from one that draws others."""
+  digits_of = lambda layout: tuple(sorted(int(d) for d in layout if d >= 0))  # noqa: E731
+  return np.array([digits_of(layout) in {digits_of(a) for a in scenes.allowed_layouts(caption)}
+                   for layout, caption in zip(layouts, captions)], bool)
+
+
 def share_by_template(right: np.ndarray, captions: Sequence[str]) -> dict[str, float]:
   """The share fully right per caption template (scenes.TEMPLATES), for the templates present."""
   templates = np.array([scenes.template_of(c) for c in captions])

@@ -6,8 +6,9 @@ For each fact of that split, config.eval.samples_per_digit samples are drawn, th
 between the fact's phrasings ("a 3 to the left of a 7", "a 7 to the right of a 3"), with the same noise at
 every scale. Each sample's four cells are read by the MNIST evaluation classifier at the cell size (trained
 and cached on first use), a cell with almost no bright pixels as empty (`scene_reader`); a sample is fully
-right when the read layout is one its caption allows. The same reader on the split's real scenes gives the
-**reader** row: its fully-right share is the ceiling the reading itself allows. FID compares the cells'
+right when the read layout is one its caption allows, and holds the right digits when the caption's digits are
+there in any cells (the gap between the two is placement alone). The same reader on the split's real scenes
+gives the **reader** row: its fully-right share is the ceiling the reading itself allows. FID compares the cells'
 features side by side (4 x the classifier's feature width) with the first half of the real scenes; the reader
 row's FID is the second half's, as many scenes as the samples, against the same half (the best at that size).
 """
@@ -29,7 +30,7 @@ from glide_jax.evaluation import classifier as classifier_lib
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.metrics import fid_from_features
 from glide_jax.evaluation.report import json_safe, output_dir, save_report
-from glide_jax.evaluation.scene_reader import fully_right, read_layouts, share_by_template
+from glide_jax.evaluation.scene_reader import fully_right, read_layouts, right_digits, share_by_template
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
@@ -52,13 +53,15 @@ def prompts_for(facts: list, per_fact: int) -> list[str]:
 
 
 def format_scene_table(report: dict) -> str:
-  """Fully-right share overall and per template, and FID, per guidance scale; the reader's row last."""
+  """Fully-right share overall and per template, the right-digits share, and FID, per guidance scale; the
+  reader's row last."""
   templates = scenes.TEMPLATES
   fmt = lambda x: "    -" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:5.3f}"
-  lines = [f"{'guidance':>8}  {'right':>5}  " + "  ".join(f"{t:>8}" for t in templates) + f"  {'FID':>8}"]
+  lines = [f"{'guidance':>8}  {'right':>5}  {'digits':>6}  " + "  ".join(f"{t:>8}" for t in templates)
+           + f"  {'FID':>8}"]
   for r in report["results"] + [dict(report["reader"], guidance_scale="reader")]:
     label = r["guidance_scale"] if isinstance(r["guidance_scale"], str) else f"{r['guidance_scale']:g}"
-    lines.append(f"{label:>8}  {fmt(r['fully_right'])}  "
+    lines.append(f"{label:>8}  {fmt(r['fully_right'])}  {fmt(r['right_digits']):>6}  "
                  + "  ".join(f"{fmt(r['by_template'].get(t)):>8}" for t in templates) + f"  {r['fid']:8.3f}")
   return "\n".join(lines)
 
@@ -89,7 +92,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   real_right = fully_right(real_layouts, real_captions)
   half = len(real) // 2
   reference, same_size = real_features[:half], real_features[half:half + len(prompts)]
-  reader = {"fully_right": float(np.mean(real_right)), "by_template": share_by_template(real_right, real_captions),
+  reader = {"fully_right": float(np.mean(real_right)),
+            "right_digits": float(np.mean(right_digits(real_layouts, real_captions))),
+            "by_template": share_by_template(real_right, real_captions),
             "fid": fid_from_features(same_size, reference), "num_scenes": len(real), "num_fid": len(same_size)}
 
   if is_main:
@@ -107,10 +112,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     all_images.append(images)
     all_right.append(right)
     results.append({"guidance_scale": scale, "fully_right": float(np.mean(right)),
+                    "right_digits": float(np.mean(right_digits(layouts, prompts))),
                     "by_template": share_by_template(right, prompts), "fid": fid_from_features(features, reference),
                     "num_samples": len(prompts), "seconds": round(time.perf_counter() - start, 2)})
     if is_main:
-      progress.write(f"  guidance {scale:g}: fully right {results[-1]['fully_right']:.3f}, FID "
+      progress.write(f"  guidance {scale:g}: fully right {results[-1]['fully_right']:.3f} (the right digits in any "
+                     f"places {results[-1]['right_digits']:.3f}), FID "
                      f"{results[-1]['fid']:.3f} ({results[-1]['seconds']:.0f}s)")
   progress.close()
 

@@ -3,7 +3,7 @@ what its caption allows, and the share right per template."""
 
 import numpy as np
 
-from glide_jax.evaluation.scene_reader import cells_of, fully_right, read_layouts, share_by_template
+from glide_jax.evaluation.scene_reader import cells_of, fully_right, read_layouts, right_digits, share_by_template
 
 
 def scene(cells, size=8):
@@ -40,6 +40,11 @@ def test_layouts_are_read_with_dim_cells_empty_and_judged_against_the_caption():
   captions = ["a 3 to the left of a 7", "a 7 to the right of a 3", "a 3 to the left of a 7", "a 3 above a 7",
               "two 4s"]
   assert fully_right(layouts, captions).tolist() == [True, True, False, False, True]
+  # The right digits in the wrong places (swapped; a pair stacked for "left of") still hold the caption's digits.
+  assert right_digits(layouts, captions).tolist() == [True, True, True, True, True]
+  assert right_digits(np.array([[3, 3, -1, -1], [3, -1, -1, -1], [3, 7, 7, -1], [-1, 4, 4, -1]]),
+                      ["a 3 to the left of a 7"] * 3 + ["two 4s"]).tolist() == [False, False, False, True]
+  assert right_digits(np.array([[-1, -1, 5, -1]]), ["a 5 in the top left corner"]).tolist() == [True]
   assert not fully_right(layouts[:1], ["three and seven"])[0]  # Text outside the grammar is never right.
   shares = share_by_template(fully_right(layouts, captions), captions)
   assert shares == {"left of": 0.5, "right of": 1.0, "above": 0.0, "two": 1.0}
