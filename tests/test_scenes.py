@@ -14,7 +14,9 @@ from glide_jax import export_scenes, scenes
 from glide_jax.caption_data import load_folder
 from glide_jax.config import validate_config
 from glide_jax.errors import ConfigError, UserError
+from glide_jax.experiment import Experiment
 from glide_jax.model.tokenizer import get_tokenizer
+from helpers.paths import load_script
 
 CELL = 8
 
@@ -145,7 +147,7 @@ def test_the_export_command_writes_a_folder_and_reports_bad_input_in_one_line(tm
   assert exit_info.value.code == 2 and "data.scenes.held_out = 1.5 is invalid" in capsys.readouterr().err
 
 
-def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_evaluated(tmp_path):
+def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_evaluated(tmp_path, capsys):
   from glide_jax.modes.eval import run as evaluate
   from glide_jax.modes.sample import run as sample_and_save
   from glide_jax.modes.train import run as train
@@ -168,7 +170,7 @@ def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_eva
   assert sorted(tuple(f) for f in report["facts"]) == sorted(held)
   assert [r["guidance_scale"] for r in report["results"]] == [0.0, 3.0]
   for r in report["results"] + [report["reader"]]:
-    assert 0.0 <= r["fully_right"] <= 1.0 and np.isfinite(r["fid"])
+    assert 0.0 <= r["fully_right"] <= r["right_digits"] <= 1.0 and np.isfinite(r["fid"])  # Right implies digits.
   assert set(report["results"][0]["by_template"]) <= set(scenes.TEMPLATES)
   with np.load(os.path.join(workdir, "eval", "samples.npz")) as f:
     assert f["images"].shape == (2, 2 * len(held), 16, 16, 1) and f["fully_right"].shape == (2, 2 * len(held))
@@ -176,3 +178,27 @@ def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_eva
     assert list(f["prompts"]) == [scenes.captions_of(fact)[j % len(scenes.captions_of(fact))]
                                   for fact in scenes.all_facts() if fact in held for j in range(2)]
   assert os.path.isfile(os.path.join(workdir, "eval", "eval.png"))
+  # The caption probe (scripts/caption_probe.py) on this run: a caption that changes nothing changes no MSE.
+  probe = load_script("caption_probe")
+  assert probe.other_captions("a 3 to the left of a 7") == {
+      "true": "a 3 to the left of a 7", "placement": "a 7 to the left of a 3", "identity": "a 4 to the left of a 7",
+      "no text": ""}
+  assert probe.other_captions("an 8 in the top right corner")["placement"] == "an 8 in the bottom left corner"
+  assert probe.other_captions("two 4s") is None and probe.other_captions("a 5 above a 5") is None
+  exp = Experiment.from_workdir(workdir)
+  same = [dict(probe.other_captions("a 3 to the left of a 7"), placement="a 3 to the left of a 7")] * 2
+  rows = probe.probe(exp, exp.load_params()[0], np.zeros((2, 16, 16, 1), np.uint8), same, [99, 50], repeats=1)
+  assert [r["t"] for r in rows] == [99, 50] and all(r["delta"]["placement"] == (0.0, 0.0) for r in rows)
+  assert all(np.isfinite(r["mse"]) and r["delta"]["identity"][0] != 0.0 for r in rows)
+  probe.main([f"--workdir={workdir}", "--scenes=2", "--repeats=1"])
+  lines = capsys.readouterr().out.splitlines()
+  assert "2 scenes of 'held_out' x 1 noise draws" in lines[-12] and len(lines[-10:]) == 10
+  with pytest.raises(SystemExit) as exit_info:
+    probe.main([f"--workdir={tmp_path / 'nothing'}"])
+  assert exit_info.value.code == 2 and "holds no" in capsys.readouterr().err
+  digits = exp.config.copy_and_resolve_references()
+  digits.data.source = "tfds"  # The same model, trained on MNIST's digits: no scene captions to change.
+  Experiment(digits, str(tmp_path / "digits")).write_params(exp.load_params()[0])
+  with pytest.raises(SystemExit) as exit_info:
+    probe.main([f"--workdir={tmp_path / 'digits'}"])
+  assert exit_info.value.code == 2 and "trained on data.source = 'tfds'" in capsys.readouterr().err
