@@ -48,13 +48,15 @@ def probe(exp, params, images, captions, timesteps, repeats: int) -> list[dict]:
   import jax.numpy as jnp
   import numpy as np
 
+  from glide_jax.data import to_model_range
+
   d, c = exp.diffusion, exp.config
-  x0 = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+  x0 = jnp.asarray(to_model_range(np.asarray(images)))
   rows = {k: [caps[k] for caps in captions] for k in ("true",) + KINDS}
   tokens = {k: tuple(map(jnp.asarray, exp.tokenizer.tokenize_batch(v, c.model.text_ctx))) for k, v in rows.items()}
 
-  @jax.jit
-  def mse(t, noise, tokens, mask):
+  @jax.jit  # Parameters and images are arguments, not constants folded into the program.
+  def mse(params, x0, t, noise, tokens, mask):
     tt = jnp.full((x0.shape[0],), t)
     eps = exp.model.apply({"params": params}, d.q_sample(x0, tt, noise), tt, tokens, mask)[..., :x0.shape[-1]]
     return jnp.mean((eps - noise) ** 2, axis=(1, 2, 3))
@@ -65,7 +67,7 @@ def probe(exp, params, images, captions, timesteps, repeats: int) -> list[dict]:
     for r in range(repeats):
       noise = jax.random.normal(jax.random.fold_in(jax.random.key(r), t), x0.shape)
       for k, (tok, mask) in tokens.items():
-        per_kind[k].append(np.asarray(mse(t, noise, tok, mask)))
+        per_kind[k].append(np.asarray(mse(params, x0, t, noise, tok, mask)))
     true = np.concatenate(per_kind["true"])
     deltas = {k: np.concatenate(per_kind[k]) - true for k in KINDS}
     snr = d.alphas_cumprod[t] / (1.0 - d.alphas_cumprod[t])
