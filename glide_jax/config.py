@@ -122,6 +122,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.ema_decay = 0.9999
   c.train.p_uncond = 0.2           # Probability an example's prompt is replaced by the empty prompt.
   c.train.min_snr_gamma = 0.0      # > 0: L_simple weighted by min(SNR, γ)/SNR (arXiv:2303.09556 uses 5); 0 = off.
+  # The text encoder's learning rate as a multiple of the UNet's: 0 freezes it at its initial (or init_from)
+  # weights. Its gradients still count in the clipping norm and Adam's moments, so a run can resume with another.
+  c.train.text_encoder_lr_scale = 1.0
   # An inpainting model on a class dataset: the share of examples made into edit composites (half of an image of
   # one class kept, the other half from the best-fitting image of another class, which is the prompt;
   # glide_jax/editing/composites.py), so that it learns to follow a prompt the kept pixels disagree with.
@@ -445,6 +448,9 @@ def _validate_train(t: ml_collections.ConfigDict, num_timesteps: int) -> None:
     _fail("train.lr_end_factor", t.lr_end_factor, "it is a fraction of train.learning_rate, in [0, 1].")
   if not (_is_number(t.min_snr_gamma) and t.min_snr_gamma >= 0.0):
     _fail("train.min_snr_gamma", t.min_snr_gamma, "it must be a number >= 0 (0 = no weighting; the paper uses 5).")
+  if not (_is_number(t.text_encoder_lr_scale) and t.text_encoder_lr_scale >= 0.0):
+    _fail("train.text_encoder_lr_scale", t.text_encoder_lr_scale, "it multiplies the text encoder's learning rate: a "
+          "finite number >= 0 (1 = the UNet's rate, 0 = frozen).")
   for name in ("adam_b1", "adam_b2"):
     if not (_is_number(t[name]) and 0.0 <= t[name] < 1.0):
       _fail(f"train.{name}", t[name], "Adam's decay rates are in [0, 1).")

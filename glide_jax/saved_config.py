@@ -49,9 +49,9 @@ ADDED_FIELD_DEFAULTS = {"model.inpaint": False, "model.low_res_size": 0, "model.
 # batch and the randomness. (num_steps is left out: raising it is how a finished run trains further.)
 RECIPE_FIELDS = ("seed", "train.batch_size", "train.learning_rate", "train.warmup_steps", "train.lr_schedule",
                  "train.lr_end_factor", "train.adam_b1", "train.adam_b2", "train.grad_clip", "train.ema_decay",
-                 "train.p_uncond", "train.min_snr_gamma", "train.edit_composites")
+                 "train.p_uncond", "train.min_snr_gamma", "train.edit_composites", "train.text_encoder_lr_scale")
 ADDED_RECIPE_DEFAULTS = {"train.lr_schedule": "constant", "train.lr_end_factor": 0.0, "train.min_snr_gamma": 0.0,
-                         "train.edit_composites": 0.0}
+                         "train.edit_composites": 0.0, "train.text_encoder_lr_scale": 1.0}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

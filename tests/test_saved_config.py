@@ -47,10 +47,13 @@ def test_recipe_differences_name_the_fields_that_change_a_runs_course():
   assert recipe_differences(saved, current) == []
   current.train.min_snr_gamma = 5.0
   current.train.lr_schedule = "cosine"
+  current.train.text_encoder_lr_scale = 0.0
   current.seed = 3
   assert recipe_differences(saved, current) == ["seed: 0 in the checkpoint, 3 now",
                                                 "train.lr_schedule: 'constant' in the checkpoint, 'cosine' now",
-                                                "train.min_snr_gamma: 0.0 in the checkpoint, 5.0 now"]
+                                                "train.min_snr_gamma: 0.0 in the checkpoint, 5.0 now",
+                                                "train.text_encoder_lr_scale: 1.0 in the checkpoint, 0.0 now"]
   # A checkpoint from before these options existed was trained without them.
   del saved["train"]["min_snr_gamma"], saved["train"]["lr_schedule"], saved["train"]["lr_end_factor"]
+  del saved["train"]["text_encoder_lr_scale"]
   assert recipe_differences(saved, tiny_config(num_steps=2)) == []

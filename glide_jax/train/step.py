@@ -154,17 +154,28 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Arr
   (loss, metrics), grads = loss_and_grads(state.params, batch, rng, num_microbatches(config.train), model=model,
                                          diffusion=diffusion, p_uncond=config.train.p_uncond, pad_id=pad_id,
                                          min_snr_gamma=config.train.min_snr_gamma)
-  return apply_gradients(state, loss, metrics, grads, optimizer, config)
+  return apply_gradients(state, loss, metrics, grads, optimizer, config,
+                         text_encoder_lr_scale=config.train.text_encoder_lr_scale)
+
+
+def scale_text_encoder_updates(updates: Any, scale: float) -> Any:
+  """The optimizer's updates with the text encoder's times `scale` (0 = frozen): a learning rate of its own
+  that leaves the optimizer state as it is, so a run can resume with another scale."""
+  if scale == 1.0:
+    return updates
+  return {**updates, "text_encoder": jax.tree_util.tree_map(lambda u: u * scale, updates["text_encoder"])}
 
 
 def apply_gradients(state: TrainState, loss: jax.Array, metrics: dict[str, jax.Array], grads: Any,
-                    optimizer: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict) -> tuple[TrainState, dict[str, jax.Array]]:
+                    optimizer: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    text_encoder_lr_scale: float = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """The optimizer's update and the EMA's, unless the loss or gradient is not finite: then only the step
-  counter and the streak of such steps change (metrics["nonfinite"] = 1). Any model's step ends here."""
+  counter and the streak of such steps change (metrics["nonfinite"] = 1). Any model's step ends here; a
+  diffusion model's text encoder moves `text_encoder_lr_scale` times as far as Adam says."""
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  updates = scale_text_encoder_updates(updates, text_encoder_lr_scale)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, config.train.ema_decay)
   ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)

@@ -1,5 +1,5 @@
 """The update's gradient accumulation (train.microbatches) against separately computed microbatches; the
-learning-rate schedules; min-SNR-γ in the training loss."""
+learning-rate schedules; min-SNR-γ in the training loss; the text encoder's own learning rate."""
 
 import functools
 
@@ -10,7 +10,15 @@ import pytest
 from configs import tiny
 from glide_jax.config import num_microbatches
 from glide_jax.experiment import Experiment
-from glide_jax.train.step import learning_rate_schedule, loss_and_grads, loss_fn, split_microbatches
+from glide_jax.train.step import (
+  apply_gradients,
+  init_state_from_params,
+  learning_rate_schedule,
+  loss_and_grads,
+  loss_fn,
+  make_optimizer,
+  split_microbatches,
+)
 
 
 def test_microbatches_are_strided_rows():
@@ -85,3 +93,26 @@ def test_min_snr_gamma_changes_the_loss_not_the_reported_mse():
   np.testing.assert_array_equal(weighted[1]["vb"], plain[1]["vb"])
   assert float(weighted[0]) < float(plain[0])  # Weights are <= 1, and < 1 on the batch's low-noise examples.
   np.testing.assert_allclose(plain[0], plain[1]["mse"] + plain[1]["vb"], rtol=1e-6)
+
+
+def test_the_text_encoder_learning_rate_scales_its_updates_only():
+  config = tiny.get_config()
+  config.train.learning_rate, config.train.warmup_steps = 1e-2, 0
+  optimizer = make_optimizer(config)
+  params = {"text_encoder": {"w": np.ones((3,), np.float32)}, "unet": {"w": np.ones((2, 2), np.float32)}}
+  grads = {"text_encoder": {"w": np.array([0.3, -0.2, 0.1], np.float32)},
+           "unet": {"w": np.array([[0.5, -0.1], [0.2, 0.4]], np.float32)}}
+  states = {}
+  for scale in (1.0, 0.5, 0.0):
+    state, _ = apply_gradients(init_state_from_params(optimizer, params), np.float32(1.0), {}, grads, optimizer,
+                               config, text_encoder_lr_scale=scale)
+    states[scale] = state
+  full, half, frozen = (states[s] for s in (1.0, 0.5, 0.0))
+  moved = full.params["text_encoder"]["w"] - 1.0
+  assert np.all(np.abs(moved) > 1e-3)  # Adam's first step: lr · sign(g).
+  np.testing.assert_allclose(half.params["text_encoder"]["w"] - 1.0, 0.5 * moved, rtol=1e-6)
+  np.testing.assert_array_equal(frozen.params["text_encoder"]["w"], params["text_encoder"]["w"])
+  for state in (half, frozen):  # The UNet's update and the optimizer state (so a resume's layout) are the same.
+    np.testing.assert_array_equal(state.params["unet"]["w"], full.params["unet"]["w"])
+    for got, want in zip(jax.tree_util.tree_leaves(state.opt_state), jax.tree_util.tree_leaves(full.opt_state)):
+      np.testing.assert_array_equal(got, want)
