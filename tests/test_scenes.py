@@ -190,9 +190,14 @@ def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_eva
   rows = probe.probe(exp, exp.load_params()[0], np.zeros((2, 16, 16, 1), np.uint8), same, [99, 50], repeats=1)
   assert [r["t"] for r in rows] == [99, 50] and all(r["delta"]["placement"] == (0.0, 0.0) for r in rows)
   assert all(np.isfinite(r["mse"]) and r["delta"]["identity"][0] != 0.0 for r in rows)
+  # The role of each digit token: 1 for the digit placed left, whichever phrasing names it first.
+  features, roles = probe.digit_token_roles(exp, exp.load_params()[0], [("left", 3, 7), ("left", 5, 5)])
+  assert features.shape == (4, config.model.xf_width) and list(roles) == [1, 0, 0, 1]
   probe.main([f"--workdir={workdir}", "--scenes=2", "--repeats=1"])
   lines = capsys.readouterr().out.splitlines()
-  assert "2 scenes of 'held_out' x 1 noise draws" in lines[-12] and len(lines[-10:]) == 10
+  assert "2 scenes of 'held_out' x 1 noise draws" in lines[-15] and len(lines[-13:-3]) == 10
+  assert "linear probe" in lines[-3] and lines[-2].strip().startswith("this run: left ")
+  assert lines[-1].strip().startswith("freshly initialised: left ") and " above " in lines[-1]
   with pytest.raises(SystemExit) as exit_info:
     probe.main([f"--workdir={tmp_path / 'nothing'}"])
   assert exit_info.value.code == 2 and "holds no" in capsys.readouterr().err
