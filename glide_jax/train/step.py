@@ -159,11 +159,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Arr
 
 
 def scale_text_encoder_updates(updates: Any, scale: float) -> Any:
-  """The optimizer's updates with the text encoder's times `scale` (0 = frozen): a learning rate of its own
-  that leaves the optimizer state as it is, so a run can resume with another scale."""
+  """The optimizer's updates with the text encoder's times `scale`: a learning rate of its own that leaves the
+  optimizer state as it is, so a run can resume with another scale (0 is `keep_text_encoder`'s)."""
   if scale == 1.0:
     return updates
   return {**updates, "text_encoder": jax.tree_util.tree_map(lambda u: u * scale, updates["text_encoder"])}
+
+
+def _in_text_encoder(path: tuple) -> bool:
+  return any(isinstance(k, jax.tree_util.DictKey) and k.key == "text_encoder" for k in path)
+
+
+def keep_text_encoder(new: Any, old: Any) -> Any:
+  """`new` with every leaf under a "text_encoder" key taken from `old`, at any depth: the parameters, their
+  EMA and Adam's moments of that name alike, so one call freezes the encoder in each."""
+  return jax.tree_util.tree_map_with_path(lambda path, n, o: o if _in_text_encoder(path) else n, new, old)
 
 
 def apply_gradients(state: TrainState, loss: jax.Array, metrics: dict[str, jax.Array], grads: Any,
@@ -171,7 +181,15 @@ def apply_gradients(state: TrainState, loss: jax.Array, metrics: dict[str, jax.A
                     text_encoder_lr_scale: float = 1.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """The optimizer's update and the EMA's, unless the loss or gradient is not finite: then only the step
   counter and the streak of such steps change (metrics["nonfinite"] = 1). Any model's step ends here; a
-  diffusion model's text encoder moves `text_encoder_lr_scale` times as far as Adam says."""
+  diffusion model's text encoder moves `text_encoder_lr_scale` times as far as Adam says.
+
+  At scale 0 the encoder is frozen outright: its gradient counts in neither the clipping norm nor Adam, and
+  its parameters, their EMA and their Adam moments are passed through as they are. Nothing then reads its
+  gradient, so XLA drops that computation and the encoder's share of the update costs nothing (with GPT-2's
+  50,257-token embedding, most of a small model's parameters)."""
+  frozen = text_encoder_lr_scale == 0.0
+  if frozen:
+    grads = keep_text_encoder(grads, jax.tree_util.tree_map(jnp.zeros_like, grads))
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -179,6 +197,9 @@ def apply_gradients(state: TrainState, loss: jax.Array, metrics: dict[str, jax.A
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, config.train.ema_decay)
   ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  if frozen:
+    params, ema_params, opt_state = (keep_text_encoder(new, old) for new, old in (
+        (params, state.params), (ema_params, state.ema_params), (opt_state, state.opt_state)))
   keep_if_bad = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
   metrics["grad_norm"] = grad_norm
   metrics["learning_rate"] = learning_rate_schedule(config)(state.step)

@@ -111,8 +111,20 @@ def test_the_text_encoder_learning_rate_scales_its_updates_only():
   moved = full.params["text_encoder"]["w"] - 1.0
   assert np.all(np.abs(moved) > 1e-3)  # Adam's first step: lr · sign(g).
   np.testing.assert_allclose(half.params["text_encoder"]["w"] - 1.0, 0.5 * moved, rtol=1e-6)
-  np.testing.assert_array_equal(frozen.params["text_encoder"]["w"], params["text_encoder"]["w"])
-  for state in (half, frozen):  # The UNet's update and the optimizer state (so a resume's layout) are the same.
-    np.testing.assert_array_equal(state.params["unet"]["w"], full.params["unet"]["w"])
-    for got, want in zip(jax.tree_util.tree_leaves(state.opt_state), jax.tree_util.tree_leaves(full.opt_state)):
-      np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(half.params["unet"]["w"], full.params["unet"]["w"])
+  for got, want in zip(jax.tree_util.tree_leaves(half.opt_state), jax.tree_util.tree_leaves(full.opt_state)):
+    np.testing.assert_array_equal(got, want)  # The optimizer state (so a resume's layout) is the same.
+  # Frozen: the encoder's parameters, EMA and Adam moments are passed through bit for bit (its gradient
+  # counts nowhere); the UNet's update is the full run's, as its gradient norm is under the clip here.
+  start = init_state_from_params(optimizer, params)
+  np.testing.assert_array_equal(frozen.params["unet"]["w"], full.params["unet"]["w"])
+  for tree in ("params", "ema_params"):
+    np.testing.assert_array_equal(getattr(frozen, tree)["text_encoder"]["w"], params["text_encoder"]["w"])
+  assert not np.array_equal(full.ema_params["text_encoder"]["w"], params["text_encoder"]["w"])
+  adam, full_adam = frozen.opt_state[1][0], full.opt_state[1][0]
+  for moment in ("mu", "nu"):
+    np.testing.assert_array_equal(getattr(adam, moment)["text_encoder"]["w"],
+                                  getattr(start.opt_state[1][0], moment)["text_encoder"]["w"])
+    assert np.any(getattr(full_adam, moment)["text_encoder"]["w"] != 0)
+    np.testing.assert_array_equal(getattr(adam, moment)["unet"]["w"], getattr(full_adam, moment)["unet"]["w"])
+  assert jax.tree_util.tree_structure(frozen.opt_state) == jax.tree_util.tree_structure(full.opt_state)
