@@ -20,6 +20,7 @@ held-out facts' (chance 0.5), for the run's encoder and for a freshly initialise
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
@@ -80,6 +81,21 @@ def probe(exp, params, images, captions, timesteps, repeats: int) -> list[dict]:
   return out
 
 
+@functools.lru_cache(maxsize=None)
+def _text_encoder(model):
+  """model's text encoder as one compiled program (run op by op it compiles each of its operations)."""
+  import jax
+  return jax.jit(lambda params, tokens, mask: model.apply({"params": params}, tokens, mask, method=model.encode_text))
+
+
+@functools.lru_cache(maxsize=None)
+def _initialiser(model):
+  import jax
+
+  from glide_jax.model.text2im import init_params
+  return jax.jit(functools.partial(init_params, model))
+
+
 def digit_token_roles(exp, params, facts) -> tuple:
   """(features [N, xf_width], roles [N]) of the two digit tokens of every caption of the relation `facts` with
   two different digits: role 1 for the digit that goes left (or on top), which word order and the relation word
@@ -92,8 +108,7 @@ def digit_token_roles(exp, params, facts) -> tuple:
   rows = [(cap, j) for f in facts if f[0] in ("left", "above") and f[1] != f[2]
           for j, cap in enumerate(scenes.captions_of(f))]
   tokens, mask = exp.tokenizer.tokenize_batch([cap for cap, _ in rows], exp.config.model.text_ctx)
-  xf_out, _ = exp.model.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(mask),
-                              method=exp.model.encode_text)
+  xf_out, _ = _text_encoder(exp.model)(params, jnp.asarray(tokens), jnp.asarray(mask))
   xf_out = np.asarray(xf_out, np.float64)
   digit_ids = {exp.tokenizer.encode(f" {d}")[-1] for d in range(10)}
   features, roles = [], []
@@ -145,7 +160,6 @@ def run(args: argparse.Namespace) -> None:
   from glide_jax import data as data_lib
   from glide_jax.errors import UserError
   from glide_jax.experiment import Experiment
-  from glide_jax.model.text2im import init_params
 
   exp = Experiment.from_workdir(args.workdir)
   if exp.config.data.source != "mnist_scenes":
@@ -170,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
           + " ".join(f"{m:+9.5f} ± {s:7.5f}" for m, s in (r["delta"][k] for k in KINDS)))
   print("Is a relation's digit token the left (top) one? A linear probe of its text-encoder feature, fitted on the "
         "training facts' captions; accuracy there / on the held-out facts' (chance 0.5)")
-  for name, p in (("this run", params), ("freshly initialised", init_params(exp.model, jax.random.key(0)))):
+  for name, p in (("this run", params), ("freshly initialised", _initialiser(exp.model)(jax.random.key(0)))):
     roles = role_probe(exp, p)
     print(f"{name:>20}: " + ", ".join(f"{k} {fit:.3f} / {held:.3f}" for k, (fit, held) in roles.items()))
 
