@@ -131,7 +131,7 @@ def inpainting_upsampler(cascade, tmp_path_factory):
   e.images, e.mask, e.prompts, e.guidance_scales = "test:0,5", "bottom", "7", (2.0,)
   workdir = str(tmp_path_factory.mktemp("upsample_inpaint"))
   exp = Experiment(config, workdir)
-  exp.write_params(init_params(exp.model, jax.random.key(1)))
+  exp.write_params(jax.jit(lambda rng: init_params(exp.model, rng))(jax.random.key(1)))  # One program, not op by op.
   return config, workdir
 
 
