@@ -123,7 +123,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.p_uncond = 0.2           # Probability an example's prompt is replaced by the empty prompt.
   c.train.min_snr_gamma = 0.0      # > 0: L_simple weighted by min(SNR, γ)/SNR (arXiv:2303.09556 uses 5); 0 = off.
   # The text encoder's learning rate as a multiple of the UNet's: 0 freezes it at its initial (or init_from)
-  # weights. Its gradients still count in the clipping norm and Adam's moments, so a run can resume with another.
+  # weights, and then its gradient, Adam moments and EMA are not computed at all (train/step.py). The optimizer
+  # state has the same layout at any scale, so a run can resume with another.
   c.train.text_encoder_lr_scale = 1.0
   # An inpainting model on a class dataset: the share of examples made into edit composites (half of an image of
   # one class kept, the other half from the best-fitting image of another class, which is the prompt;

@@ -160,7 +160,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], base_rng: jax.Arr
 
 def scale_text_encoder_updates(updates: Any, scale: float) -> Any:
   """The optimizer's updates with the text encoder's times `scale`: a learning rate of its own that leaves the
-  optimizer state as it is, so a run can resume with another scale (0 is `keep_text_encoder`'s)."""
+  optimizer state as it is, so a run can resume with another scale (scale 0 freezes it: `apply_gradients`)."""
   if scale == 1.0:
     return updates
   return {**updates, "text_encoder": jax.tree_util.tree_map(lambda u: u * scale, updates["text_encoder"])}
@@ -189,11 +189,12 @@ def apply_gradients(state: TrainState, loss: jax.Array, metrics: dict[str, jax.A
   50,257-token embedding, most of a small model's parameters)."""
   frozen = text_encoder_lr_scale == 0.0
   if frozen:
-    grads = keep_text_encoder(grads, jax.tree_util.tree_map(jnp.zeros_like, grads))
+    grads = {**grads, "text_encoder": jax.tree_util.tree_map(jnp.zeros_like, grads["text_encoder"])}
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  updates = scale_text_encoder_updates(updates, text_encoder_lr_scale)
+  if not frozen:
+    updates = scale_text_encoder_updates(updates, text_encoder_lr_scale)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay_at(state.step, config.train.ema_decay)
   ema_params = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
