@@ -212,7 +212,7 @@ def test_a_narrower_model_is_told_the_group_and_head_sizes_that_fit():
 
 def test_attention_resolution_message_lists_the_reachable_sizes():
   config = tiny.get_config()
-  config.model.attention_resolutions = (4,)
+  config.model.channel_mult, config.model.attention_resolutions = (1, 2), (4,)
   with pytest.raises(ConfigError, match=r"never works at 4x4.*\[16, 8\]"):
     validate_config(config)
 

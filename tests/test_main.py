@@ -41,8 +41,9 @@ USER_ERRORS = [
     ("unknown_key", "train", "trained", ["--config.train.nope=1"], r"unknown config field.*nope"),
     ("ill_typed", "train", "trained", ["--config.train.batch_size=abc"],
      r"--config\.train\.batch_size=abc: invalid literal for int"),
-    # tiny downsamples once, so 17 (not 18, which is even) is indivisible.
-    ("image_size_indivisible", "train", "trained", ["--config.data.image_size=17"],
+    # Two levels downsample once, so 17 (not 18, which is even) is indivisible.
+    ("image_size_indivisible", "train", "trained",
+     ["--config.data.image_size=17", "--config.model.channel_mult=(1, 2)"],
      r"data\.image_size = 17 is invalid.*divisible by 2"),
     ("attention_never_reached", "train", "trained", ["--config.model.attention_resolutions=(5,)"],
      r"attention_resolutions.*never works at 5x5"),

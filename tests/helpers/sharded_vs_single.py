@@ -39,6 +39,9 @@ def layout(tree):
 
 def main():
   config = tiny.get_config()
+  # 64 channels: most arrays are then large enough to shard, so most of the state's bytes are split over fsdp
+  # (test_fsdp_shards_params_ema_and_adam_state), as in a real model; at tiny's 32, a third of them are replicated.
+  config.model.model_channels = 64
   config.train.batch_size = 16
   devices = jax.devices()
   loss_single, state_single = run(sharding.make_mesh((1, 1), devices[:1]), config)

@@ -101,7 +101,7 @@ def test_zero_initialised_layers(setup):
   assert not np.any(np.asarray(unet["out_conv"]["kernel"]))
   resblocks = [v for v in unet.values() if "out_conv" in v]
   attention = [v for v in unet.values() if "proj_out" in v]
-  assert len(resblocks) == 8 and len(attention) == 4  # 1 + 1 input, 2 middle, 4 output; 1 + 1 middle + 2 output.
+  assert len(resblocks) == 5 and len(attention) == 4  # 1 input, 2 middle, 2 output; 1 + 1 middle + 2 output.
   for block in resblocks:
     assert not np.any(np.asarray(block["out_conv"]["kernel"]))
     assert np.any(np.asarray(block["in_conv"]["kernel"]))
@@ -185,8 +185,8 @@ def test_bfloat16_compute_with_float32_params(setup, batch, outputs):
 
 
 def test_three_channel_model_shape():
-  config = tiny_config(data__channels=3, data__image_size=32, model__attention_resolutions=(16,),
-                       model__resblock_updown=True, model__conv_resample=True)
+  config = tiny_config(data__channels=3, data__image_size=32, model__channel_mult=(1, 2),
+                       model__attention_resolutions=(16,), model__resblock_updown=True, model__conv_resample=True)
   model = create_model(config)
   assert model.config.in_channels == 3
   params = random_params_like(jax.eval_shape(functools.partial(init_params, model), jax.random.PRNGKey(0)))
@@ -226,7 +226,7 @@ def test_model_config_reads_the_config(setup):
   assert model.config.vocab_size == 257  # The byte tokenizer's ids 0..255 and pad 256.
   assert model.config.image_size == config.data.image_size and model.config.in_channels == config.data.channels
   assert model.config.channel_mult == tuple(config.model.channel_mult) and model.config.dtype == "float32"
-  assert model.config.attention_ds == (2,)  # tiny: attention at 8x8 of 16x16.
+  assert model.config.attention_ds == (1,)  # tiny: attention at 16x16, its only level.
   assert params["text_encoder"]["token_embedding"]["embedding"].shape == (257, config.model.xf_width)
   assert params["text_encoder"]["positional_embedding"].shape == (config.model.text_ctx, config.model.xf_width)
   assert params["unet"]["out_conv"]["kernel"].shape == (3, 3, config.model.model_channels, 2)

@@ -35,7 +35,8 @@ def trained(config, workdir):
 def upsampler_config(base_workdir):
   config = tiny.get_config()
   config.data.image_size = 64
-  config.model.attention_resolutions = (32,)
+  # Two levels and attention at 32x32 (one level would attend over all 4,096 pixels).
+  config.model.channel_mult, config.model.attention_resolutions = (1, 2), (32,)
   config.model.low_res_size = 16
   config.model.tokenizer = "gpt2"  # Each stage tokenizes the prompts itself; GLIDE's BPE trains here too.
   config.train.batch_size = 8

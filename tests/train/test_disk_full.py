@@ -55,10 +55,10 @@ def test_a_failed_save_on_a_full_disk_is_a_user_error_and_the_rerun_resumes(tmp_
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-  """A 20 MB tmpfs (a tiny checkpoint is about 12 MB), where this machine allows mounting one (root)."""
+  """A 6 MB tmpfs (a tiny checkpoint is 2.5-4 MB), where this machine allows mounting one (root)."""
   mount = tmp_path / f"tmpfs-{uuid.uuid4().hex[:6]}"
   mount.mkdir()
-  if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)],
+  if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)],
                                                      capture_output=True).returncode != 0:
     pytest.skip("cannot mount a tmpfs here (needs root)")
   yield mount
