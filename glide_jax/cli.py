@@ -113,7 +113,7 @@ def _flag_problem(mode: str) -> Optional[str]:
 
 
 def _run_mode() -> None:
-  from glide_jax.runtime import enable_compilation_cache, initialize_distributed
+  from glide_jax.runtime import enable_compilation_cache, initialize_distributed, tune_gc
 
   mode = MODE.value
   module_name, function_name = MODES[mode].split(":")
@@ -121,8 +121,10 @@ def _run_mode() -> None:
   config = None if mode in NO_CONFIG_MODES else flags.FLAGS.config
   initialize_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value)
   enable_compilation_cache()
+  run = getattr(importlib.import_module(module_name), function_name)
+  tune_gc()  # The mode's imports (JAX, Flax, Orbax, TFDS) are done: freeze them.
   try:
-    getattr(importlib.import_module(module_name), function_name)(config, WORKDIR.value, **options)
+    run(config, WORKDIR.value, **options)
   except KeyboardInterrupt:
     if mode in TRAINING_MODES:  # Training's own guard saves and reports its stops; this is one before it started.
       raise

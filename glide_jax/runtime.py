@@ -4,6 +4,7 @@ This module imports JAX only inside the functions that need it, so `use_all_cpu_
 """
 
 import ctypes
+import gc
 import logging
 import os
 import platform
@@ -74,6 +75,21 @@ M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 # Free memory the heap keeps rather than returning it to the system: more than a CPU step frees at once.
 TRIM_THRESHOLD = 2**30
 _THRESHOLD_VARIABLES = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+# Allocations between two collections of Python's youngest generation (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+  """Python's cyclic garbage collector set for a process that holds a large, long-lived heap (JAX, Flax, Orbax
+  and TFDS; traced programs) and allocates many short-lived objects (tracing, lowering and every checkpoint save
+  allocate tens of thousands): with CPython's defaults the collector scanned that heap often enough to take a
+  tenth of a tiny training run's CPU (docs/benchmarks.md). What exists when this is called is frozen (never
+  scanned again; call it once the imports are done), and the youngest generation is collected every 50,000
+  allocations. Cycles are still collected, later. No number changes."""
+  gc.freeze()
+  gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def tune_malloc() -> tuple[str, ...]:
