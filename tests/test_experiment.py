@@ -28,10 +28,10 @@ def has_avx512f() -> bool:
 
 
 def test_tiny_trajectory_matches_the_recording(full_optimizations_env):
-  """The first steps' loss, MSE, VLB and gradient norm, and a sampler call, of the two-level tiny model equal
-  those recorded before the package was restructured: bit for bit where XLA compiles the same code (same JAX,
-  same vector ISA); to float rounding elsewhere, since XLA's CPU kernels sum in another order with AVX-512. Run
-  in a process that compiles as users do, since the suite's compile shortcuts change the rounding."""
+  """The first steps' loss, MSE, VLB and gradient norm, and a sampler call, equal those recorded (the file says
+  with what): bit for bit where XLA compiles the same code (same JAX, same vector ISA); to float rounding
+  elsewhere, since XLA's CPU kernels sum in another order with and without AVX-512. Run in a process that
+  compiles as users do, since the suite's compile shortcuts change the rounding."""
   with open(os.path.join(DATA, "tiny_trajectory.json")) as f:
     recorded = json.load(f)
   result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "helpers", "tiny_trajectory.py"),

@@ -1,6 +1,5 @@
-"""Trains the tiny config (with the two levels it had when recorded) for N steps and samples once; prints the
-metrics (as float hex) and the samples' digest as JSON. Run by test_experiment in a process compiled as users
-compile (see full_optimizations_env).
+"""Trains the tiny config for N steps and samples once; prints the metrics (as float hex) and the samples'
+digest as JSON. Run by test_experiment in a process compiled as users compile (see full_optimizations_env).
 
 Usage: tiny_trajectory.py NUM_STEPS
 """
@@ -20,8 +19,6 @@ from glide_jax.sampling.guided import SamplerSpec
 
 def main():
   config = tiny.get_config()
-  # The model the recording was made with: tiny had two levels then (attention at 8x8 of 16x16).
-  config.model.channel_mult, config.model.attention_resolutions = (1, 2), (8,)
   exp = Experiment(config)
   state, step_fn, batches = exp.init_fn(), exp.train_step_fn(), exp.batch_source()
   metrics_per_step = []
