@@ -1,12 +1,21 @@
 """Process set-up: the persistent compilation cache is on by default, a second process loads what the first
 compiled, and it can be moved or turned off."""
 
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 
-from glide_jax.runtime import CPU_MEMORY_SCHEDULER, describe_cpu, describe_machine, use_all_cpu_cores
+from glide_jax.runtime import (
+  CPU_MEMORY_SCHEDULER,
+  GC_YOUNG_THRESHOLD,
+  describe_cpu,
+  describe_machine,
+  tune_gc,
+  use_all_cpu_cores,
+)
 from helpers.paths import REPO
 
 # Compiles one small program and prints where the cache is and how many cache hits and misses it saw.
@@ -163,3 +172,24 @@ def test_memory_a_step_frees_is_kept_for_the_next_unless_the_user_sets_the_thres
   assert applied == "('one arena', 'freed memory kept')" and int(faults) < 1_000
   applied, faults = _faults_after_the_first_round("tuned", dict(env, MALLOC_MMAP_THRESHOLD_="131072"))
   assert applied == "('one arena',)" and int(faults) > 4 * 10_000
+
+
+def test_tune_gc_freezes_what_exists_and_still_collects_later_cycles():
+  threshold = gc.get_threshold()
+  gc.unfreeze()
+  try:
+    tune_gc()
+    assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:]) and gc.get_freeze_count() > 1000
+
+    class Node:
+      pass
+
+    cycle = Node()
+    cycle.self = cycle
+    alive = weakref.ref(cycle)
+    del cycle
+    gc.collect()
+    assert alive() is None
+  finally:
+    gc.set_threshold(*threshold)
+    gc.freeze()
