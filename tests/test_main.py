@@ -328,10 +328,11 @@ def test_the_package_is_importable_from_anywhere_once_installed(tmp_path):
 # configs/mnist_cpu.py's batch of 32 in microbatches of 16, learning-rate schedule, min-SNR weighting and EMA
 # as committed; only the model and images are the tiny config's, so each device count compiles in seconds.
 MNIST_CPU_AT_TINY_SIZE = ("--config=configs/mnist_cpu.py", "--config.data.train_split=train[:512]",
-                          "--config.data.image_size=16", "--config.model.channel_mult=(1, 2)",
-                          "--config.model.num_res_blocks=1", "--config.model.text_ctx=8", "--config.model.xf_layers=1",
-                          "--config.train.num_steps=2", "--config.train.checkpoint_every=2",
-                          "--config.train.sample_every=0")
+                          "--config.data.image_size=16", "--config.model.channel_mult=(1,)",
+                          "--config.model.attention_resolutions=(16,)", "--config.model.num_res_blocks=1",
+                          "--config.model.num_head_channels=16", "--config.model.text_ctx=8",
+                          "--config.model.xf_layers=1", "--config.train.num_steps=2",
+                          "--config.train.checkpoint_every=2", "--config.train.sample_every=0")
 
 
 def test_a_core_count_the_batch_does_not_split_over_trains_on_fewer_devices_and_says_so(tmp_path):
