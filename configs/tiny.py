@@ -10,7 +10,8 @@ def get_config():
   config.data.image_size = 16
   config.model.model_channels = 32
   # One level (no down- or upsampling): every test that trains, samples or restores compiles this model, and a
-  # second level costs 40% more compile time for nothing they check. The model tests cover more levels.
+  # second level would make each of those programs slower to compile for nothing they check (docs/testing.md,
+  # step 10). The model tests cover more levels.
   config.model.channel_mult = (1,)
   config.model.num_res_blocks = 1
   config.model.attention_resolutions = (16,)

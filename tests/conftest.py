@@ -3,15 +3,14 @@
 The package is imported from the checkout (pytest.ini's `pythonpath`, or `pip install -e .`).
 """
 
-import gc
 import os
 
-from glide_jax.runtime import CPU_MEMORY_SCHEDULER, GC_YOUNG_THRESHOLD, tune_gc, tune_malloc  # (Imports no JAX.)
+from glide_jax.runtime import CPU_MEMORY_SCHEDULER, tune_gc, tune_malloc  # (Imports no JAX.)
 from helpers.paths import REPO
 from helpers.xla import HOST_DEVICES, host_device_flag
 
 tune_malloc()  # As main.py's processes allocate, before JAX starts its threads.
-gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])  # As main.py's; tune_gc freezes once collected.
+tune_gc()  # As main.py's processes collect; again once the test modules are imported (below).
 
 # The prepared MNIST beside the checkout (read-only); nothing is ever downloaded in tests.
 _SHARED_TFDS = os.path.join(os.path.dirname(REPO), "shared", "tensorflow_datasets")
