@@ -1,6 +1,9 @@
 """Runs a few tiny-config steps on several (data, fsdp) meshes and on 1 device; prints a JSON report.
 
-Usage: sharded_vs_single.py DATAxFSDP [DATAxFSDP ...]   (needs that many host devices: see test_sharding)
+Usage: sharded_vs_single.py MICRO_DATAxFSDP [DATAxFSDP ...]   (needs that many host devices: see test_sharding)
+
+The first mesh trains with gradient accumulation, the others with the plain step; each against the same on one
+device.
 """
 
 import json
@@ -27,6 +30,11 @@ def run(mesh, config, steps=3):
   return losses, state
 
 
+def mesh_of(arg):
+  """The mesh "DATAxFSDP" names, e.g. "2x4"."""
+  return sharding.make_mesh(tuple(int(s) for s in arg.split("x")))
+
+
 def layout(tree):
   """How a pytree of arrays is laid out: bytes in all and on one device, and each leaf's partition spec."""
   leaves = jax.tree_util.tree_leaves_with_path(tree)
@@ -46,20 +54,20 @@ def main():
   devices = jax.devices()
   loss_single, state_single = run(sharding.make_mesh((1, 1), devices[:1]), config)
   params_single = jax.device_get(state_single.params)
+  micro_mesh, *plain_meshes = sys.argv[1:]
   meshes = {}
-  for arg in sys.argv[1:]:
-    shape = tuple(int(s) for s in arg.split("x"))
-    loss, state = run(sharding.make_mesh(shape), config)
+  for arg in plain_meshes:
+    loss, state = run(mesh_of(arg), config)
     diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
                                    params_single)
     meshes[arg] = {"loss": loss, "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
                    "params": layout(state.params), "ema_params": layout(state.ema_params),
                    "adam_mu": layout(state.opt_state[1][0].mu)}
-  # Gradient accumulation (2 microbatches of 8) on a (4, 2) mesh against the same on one device.
+  # Gradient accumulation (2 microbatches of 8) on its mesh against the same on one device.
   micro = config.copy_and_resolve_references()
   micro.train.microbatch_size = 8
   loss_micro_single, state_micro_single = run(sharding.make_mesh((1, 1), devices[:1]), micro)
-  loss_micro, state_micro = run(sharding.make_mesh((4, 2)), micro)
+  loss_micro, state_micro = run(mesh_of(micro_mesh), micro)
   micro_diff = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state_micro.params),
                                       jax.device_get(state_micro_single.params))
   microbatched = {"loss_single": loss_micro_single, "loss": loss_micro,
