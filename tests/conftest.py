@@ -3,6 +3,7 @@
 The package is imported from the checkout (pytest.ini's `pythonpath`, or `pip install -e .`).
 """
 
+import fcntl
 import os
 
 from glide_jax.runtime import CPU_MEMORY_SCHEDULER, tune_gc, tune_malloc  # (Imports no JAX.)
@@ -11,6 +12,10 @@ from helpers.xla import HOST_DEVICES, host_device_flag
 
 tune_malloc()  # As main.py's processes allocate, before JAX starts its threads.
 tune_gc()  # As main.py's processes collect; again once the test modules are imported (below).
+
+# A crash in native code in any process a test starts (main.py, scripts, notebook kernels) prints its Python stack
+# on stderr, which the test then shows, instead of only a negative exit code.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 
 # The prepared MNIST beside the checkout (read-only); nothing is ever downloaded in tests.
 _SHARED_TFDS = os.path.join(os.path.dirname(REPO), "shared", "tensorflow_datasets")
@@ -59,13 +64,13 @@ def full_optimizations_env():
 # order. Files of half a minute or more here (about a minute on the AVX2-only EPYC) are marked `slow`:
 # `pytest -m "not slow"` leaves them out while iterating (CI runs everything).
 FILE_SECONDS = {
-    "train/test_preemption.py": 98, "test_multihost.py": 97, "test_main.py": 85, "test_sharding.py": 81,
-    "sampling/test_guided.py": 60, "test_notebook.py": 50, "test_scripts.py": 49, "modes/test_cascade.py": 49,
-    "test_datasets.py": 42, "test_scenes.py": 41, "train/test_divergence.py": 41, "modes/test_sample.py": 37,
-    "modes/test_convert.py": 36, "modes/test_edit.py": 36, "test_experiment.py": 35, "train/test_checkpoint.py": 33,
-    "train/test_step.py": 24, "train/test_disk_full.py": 20, "modes/test_train.py": 19, "modes/test_eval.py": 18,
-    "test_data_prepare.py": 16, "train/test_workdir_lock.py": 16, "model/test_text2im.py": 15,
-    "diffusion/test_known_region.py": 14, "released/test_keymap.py": 13,
+    "train/test_preemption.py": 81, "test_multihost.py": 80, "test_sharding.py": 56, "test_scenes.py": 48,
+    "sampling/test_guided.py": 47, "test_main.py": 45, "modes/test_cascade.py": 45, "test_scripts.py": 42,
+    "test_notebook.py": 40, "modes/test_convert.py": 37, "modes/test_sample.py": 31, "test_datasets.py": 30,
+    "train/test_checkpoint.py": 24, "test_experiment.py": 23, "train/test_divergence.py": 22,
+    "modes/test_edit.py": 22, "modes/test_train.py": 19, "train/test_step.py": 18, "modes/test_eval.py": 17,
+    "train/test_disk_full.py": 16, "model/test_text2im.py": 12, "test_data_prepare.py": 12,
+    "released/test_keymap.py": 12, "diffusion/test_known_region.py": 11, "train/test_workdir_lock.py": 11,
 }
 SLOW_SECONDS = 30
 
@@ -91,6 +96,24 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
   tune_gc()  # The test modules have imported JAX, Flax, Orbax and TFDS: freeze them, as main.py does its mode's.
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> str:
+  """The directory of the tiny config's evaluation classifier (helpers.runs.TINY_CLASSIFIER), trained once per
+  test run: the xdist workers share it, the first to ask training it under a lock while the others wait, then
+  read it. Tests that score samples read it; test_eval.py trains its own, as evaluate does it."""
+  from glide_jax.evaluation.classifier_cache import get_or_train_classifier
+  from helpers.runs import tiny_config, with_classifier
+
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # This run's, above every worker's own.
+  directory = root / "tiny_classifier"
+  with open(root / "tiny_classifier.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    get_or_train_classifier(with_classifier(tiny_config(), directory), verbose=False)
+  return str(directory)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from helpers.paths import REPO
+from helpers.runs import TINY_CLASSIFIER
 
 papermill = pytest.importorskip("papermill")
 
@@ -23,7 +24,7 @@ def test_committed_notebook_is_small_and_parameterised():
   assert len(tagged) == 1 and "CONFIG =" in "".join(tagged[0]["source"])
 
 
-def test_notebook_executes_with_the_tiny_config(tmp_path):
+def test_notebook_executes_with_the_tiny_config(tmp_path, tiny_classifier_dir):
   workdir = tmp_path / "run"
   out = tmp_path / "executed.ipynb"
   # A papermill failure (any cell raising) raises PapermillExecutionError here, failing the test.
@@ -33,9 +34,7 @@ def test_notebook_executes_with_the_tiny_config(tmp_path):
           CONFIG="configs/tiny.py", WORKDIR=str(workdir), NUM_STEPS=10, GUIDANCE_SCALES=[0.0, 3.0],
           SAMPLE_RESPACING="5", EVAL_SAMPLES_PER_DIGIT=2, INPAINT_STEPS=2, CLIP_STEPS=2,
           CLIP_CONFIG="configs/tiny_clip.py", CLIP_GUIDANCE_SCALES=[0.0, 30.0],
-          OVERRIDES={"eval.classifier_dir": str(tmp_path / "classifier"),
-                     "eval.classifier_train_split": "train[:1024]", "eval.classifier_steps": 60,
-                     "eval.classifier_batch_size": 64}))
+          OVERRIDES=dict(TINY_CLASSIFIER, **{"eval.classifier_dir": tiny_classifier_dir})))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10"]
   assert (workdir / "samples" / "guidance_sweep.png").is_file()
   with open(workdir / "eval" / "eval.json") as f:

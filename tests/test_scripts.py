@@ -15,13 +15,22 @@ import pytest
 from glide_jax.errors import UserError
 from glide_jax.experiment import Experiment
 from helpers.paths import REPO, load_script
-from helpers.runs import checkpoint_steps, main_env, metric_steps, read, restore_checkpoint, tiny_config, wait_until
+from helpers.runs import (
+  checkpoint_steps,
+  classifier_flags,
+  main_env,
+  metric_steps,
+  read,
+  restore_checkpoint,
+  tiny_config,
+  wait_until,
+)
 from helpers.trees import assert_trees_equal
 
 SCRIPT = os.path.join(REPO, "scripts", "reproduce_lesson.sh")
 
 
-def test_reproduce_lesson_dry_run_with_the_tiny_config(tmp_path):
+def test_reproduce_lesson_dry_run_with_the_tiny_config(tmp_path, tiny_classifier_dir):
   """The three stages end to end. The lesson's 100-step sampler is replaced by 2 steps here (an override,
   as a user gives one; that every stage receives it is asserted): its command lines are pinned by the
   next test, without running anything."""
@@ -29,8 +38,7 @@ def test_reproduce_lesson_dry_run_with_the_tiny_config(tmp_path):
   env = dict(main_env(), CONFIG="configs/tiny.py", PER_CELL="1")
   result = subprocess.run(
       ["bash", SCRIPT, str(workdir), "--config.train.num_steps=2", "--config.sample.respacing=2",
-       f"--config.eval.classifier_dir={tmp_path / 'classifier'}", "--config.eval.classifier_train_split=train[:1024]",
-       "--config.eval.classifier_steps=30", "--config.eval.classifier_batch_size=64"],
+       *classifier_flags(tiny_classifier_dir)],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-4000:]
   assert checkpoint_steps(str(workdir)) == [2]

@@ -16,6 +16,7 @@ from glide_jax.evaluation.samples_file import load_samples
 from glide_jax.modes.edit import run as edit_and_save
 from glide_jax.modes.eval import run as evaluate
 from glide_jax.modes.train import run as train
+from helpers.runs import with_classifier
 
 
 def tiny_config(**train):
@@ -119,14 +120,11 @@ def test_edit_evaluation_names_the_field_of_a_bad_base_run(runs, tmp_path):
   assert os.path.exists(os.path.join(inpaint, "eval")) == had_eval  # Refused before anything was written.
 
 
-def test_edit_evaluation_compares_the_inpainting_model_with_the_replacement_method(runs):
-  root, _, inpaint, config, _ = runs
+def test_edit_evaluation_compares_the_inpainting_model_with_the_replacement_method(runs, tiny_classifier_dir):
+  _, _, inpaint, config, _ = runs
   config.edit.mask = "bottom"
   config.edit.eval_images = 20
-  config.eval.classifier_dir = str(root / "classifier")
-  config.eval.classifier_train_split = "train[:1024]"
-  config.eval.classifier_steps = 60
-  config.eval.classifier_batch_size = 64
+  with_classifier(config, tiny_classifier_dir)
   report = evaluate(config, inpaint)  # --mode=eval on an inpainting run evaluates its edits.
   with open(os.path.join(inpaint, "eval", "edit_eval.json")) as f:
     assert json.load(f) == report
@@ -173,16 +171,12 @@ def check_baseline(report, composites, prompted, config):
     assert len(matches) and digit in train_set.labels[matches]
 
 
-def test_edit_evaluation_to_every_other_class(runs):
+def test_edit_evaluation_to_every_other_class(runs, tiny_classifier_dir):
   """config.edit.targets = "all": each image is edited to the nine other classes, the baseline too."""
-  root, base, _, _, _ = runs
-  config = tiny_config()
+  _, base, _, _, _ = runs
+  config = with_classifier(tiny_config(), tiny_classifier_dir)
   config.edit.eval_images, config.edit.targets, config.edit.guidance_scales = 3, "all", (2.0,)
   config.eval.output_dir = "eval_all"
-  config.eval.classifier_dir = str(root / "classifier")  # Trained by the test above, with these settings.
-  config.eval.classifier_train_split = "train[:1024]"
-  config.eval.classifier_steps = 60
-  config.eval.classifier_batch_size = 64
   from glide_jax.modes.eval_edit import run as evaluate_edits
   report = evaluate_edits(config, base)
   test = data_lib.load_dataset(config.data, config.data.test_split)

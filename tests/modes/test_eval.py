@@ -21,6 +21,7 @@ from glide_jax.evaluation import report as report_lib
 from glide_jax.evaluation.samples_file import load_samples
 from glide_jax.modes import eval as eval_mode
 from glide_jax.modes.train import run as train
+from helpers.runs import with_classifier
 
 SCALES = (0.0, 3.0)
 K = 2
@@ -96,11 +97,7 @@ def eval_config(tmp_path):
   config.sample.respacing = "5"
   config.sample.guidance_scales = SCALES
   config.eval.samples_per_digit = K
-  config.eval.classifier_dir = str(tmp_path / "classifier")
-  config.eval.classifier_train_split = "train[:1024]"
-  config.eval.classifier_steps = 60
-  config.eval.classifier_batch_size = 64
-  return config
+  return with_classifier(config, tmp_path / "classifier")  # Trained by evaluate here, not the shared one.
 
 
 @pytest.fixture(scope="module")
