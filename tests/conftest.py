@@ -100,7 +100,7 @@ def pytest_collection_finish(session):
 
 @pytest.fixture(scope="session")
 def tiny_classifier_dir(tmp_path_factory) -> str:
-  """The directory of the tiny config's evaluation classifier (helpers.runs.TINY_CLASSIFIER), trained once per
+  """The directory of the tiny config's evaluation classifier (helpers.runs.classifier_overrides), trained once per
   test run: the xdist workers share it, the first to ask training it under a lock while the others wait, then
   read it. Tests that score samples read it; test_eval.py trains its own, as evaluate does it."""
   from glide_jax.evaluation.classifier_cache import get_or_train_classifier

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from helpers.paths import REPO
-from helpers.runs import TINY_CLASSIFIER
+from helpers.runs import classifier_overrides
 
 papermill = pytest.importorskip("papermill")
 
@@ -34,7 +34,7 @@ def test_notebook_executes_with_the_tiny_config(tmp_path, tiny_classifier_dir):
           CONFIG="configs/tiny.py", WORKDIR=str(workdir), NUM_STEPS=10, GUIDANCE_SCALES=[0.0, 3.0],
           SAMPLE_RESPACING="5", EVAL_SAMPLES_PER_DIGIT=2, INPAINT_STEPS=2, CLIP_STEPS=2,
           CLIP_CONFIG="configs/tiny_clip.py", CLIP_GUIDANCE_SCALES=[0.0, 30.0],
-          OVERRIDES=dict(TINY_CLASSIFIER, **{"eval.classifier_dir": tiny_classifier_dir})))
+          OVERRIDES=classifier_overrides(tiny_classifier_dir)))
   assert sorted(os.listdir(workdir / "checkpoints")) == ["10"]
   assert (workdir / "samples" / "guidance_sweep.png").is_file()
   with open(workdir / "eval" / "eval.json") as f:

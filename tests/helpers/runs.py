@@ -160,21 +160,23 @@ def tiny_config(**train):
   return config
 
 
-# How the tests that score the tiny model's samples train its evaluation classifier (16x16 MNIST): good enough to
-# tell digits apart (about 0.8 test accuracy), and one classifier for all of them (conftest's tiny_classifier_dir).
-TINY_CLASSIFIER = {"eval.classifier_train_split": "train[:1024]", "eval.classifier_steps": 60,
-                   "eval.classifier_batch_size": 64}
+def classifier_overrides(directory) -> dict:
+  """How the tests that score the tiny model's samples train its evaluation classifier (16x16 MNIST; about 0.8
+  test accuracy: enough to tell digits apart), cached in (or read from) `directory`; conftest's
+  tiny_classifier_dir is one such directory for every test that does not test the training itself."""
+  return {"eval.classifier_train_split": "train[:1024]", "eval.classifier_steps": 60,
+          "eval.classifier_batch_size": 64, "eval.classifier_dir": str(directory)}
 
 
 def with_classifier(config, directory):
-  """config scoring with the TINY_CLASSIFIER recipe, cached in (or read from) `directory`."""
-  config.update_from_flattened_dict(dict(TINY_CLASSIFIER, **{"eval.classifier_dir": str(directory)}))
+  """config with classifier_overrides(directory)."""
+  config.update_from_flattened_dict(classifier_overrides(directory))
   return config
 
 
 def classifier_flags(directory) -> list[str]:
-  """with_classifier's settings as main.py's command-line overrides."""
-  return [f"--config.{k}={v}" for k, v in dict(TINY_CLASSIFIER, **{"eval.classifier_dir": directory}).items()]
+  """classifier_overrides(directory) as main.py's command-line overrides."""
+  return [f"--config.{k}={v}" for k, v in classifier_overrides(directory).items()]
 
 
 def tiny_clip_config(**train):

@@ -45,6 +45,14 @@ def layout(tree):
   }
 
 
+def compared(loss, state, reference_state):
+  """A sharded run's losses, its largest parameter difference from the one-device run, and its layouts."""
+  diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
+                                 jax.device_get(reference_state.params))
+  return {"loss": loss, "max_param_diff": max(jax.tree_util.tree_leaves(diffs)), "params": layout(state.params),
+          "ema_params": layout(state.ema_params), "adam_mu": layout(state.opt_state[1][0].mu)}
+
+
 def main():
   config = tiny.get_config()
   # 64 channels: most arrays are then large enough to shard, so most of the state's bytes are split over fsdp
@@ -53,26 +61,13 @@ def main():
   config.train.batch_size = 16
   devices = jax.devices()
   loss_single, state_single = run(sharding.make_mesh((1, 1), devices[:1]), config)
-  params_single = jax.device_get(state_single.params)
   micro_mesh, *plain_meshes = sys.argv[1:]
-  meshes = {}
-  for arg in plain_meshes:
-    loss, state = run(mesh_of(arg), config)
-    diffs = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state.params),
-                                   params_single)
-    meshes[arg] = {"loss": loss, "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
-                   "params": layout(state.params), "ema_params": layout(state.ema_params),
-                   "adam_mu": layout(state.opt_state[1][0].mu)}
+  meshes = {arg: compared(*run(mesh_of(arg), config), state_single) for arg in plain_meshes}
   # Gradient accumulation (2 microbatches of 8) on its mesh against the same on one device.
   micro = config.copy_and_resolve_references()
   micro.train.microbatch_size = 8
   loss_micro_single, state_micro_single = run(sharding.make_mesh((1, 1), devices[:1]), micro)
-  loss_micro, state_micro = run(mesh_of(micro_mesh), micro)
-  micro_diff = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(a - b))), jax.device_get(state_micro.params),
-                                      jax.device_get(state_micro_single.params))
-  microbatched = {"loss_single": loss_micro_single, "loss": loss_micro,
-                  "max_param_diff": max(jax.tree_util.tree_leaves(micro_diff)), "params": layout(state_micro.params),
-                  "ema_params": layout(state_micro.ema_params), "adam_mu": layout(state_micro.opt_state[1][0].mu)}
+  microbatched = dict(compared(*run(mesh_of(micro_mesh), micro), state_micro_single), loss_single=loss_micro_single)
   try:
     sharding.check_batch_divisible(12, sharding.make_mesh((-1, 1)))
     error = ""
