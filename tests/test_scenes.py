@@ -105,10 +105,12 @@ def test_scenes_are_a_pure_function_of_seed_split_and_index():
 def test_the_config_reads_mnist_scenes_splits_and_refuses_others():
   config = mnist_scenes_cpu.get_config()
   validate_config(config)
+  # The tiny model's canvas below: both tests then share one decoded copy of MNIST (data.load_split's cache).
+  config.data.image_size = tiny.get_config().data.image_size
   config.data.scenes.count, config.data.scenes.test_count = 200, 50
   train = data_lib.load_dataset(config.data)
   held = data_lib.load_dataset(config.data, "held_out[:10]")
-  assert train.images.shape == (200, 32, 32, 1) and len(held) == 10
+  assert train.images.shape == (200, 16, 16, 1) and len(held) == 10
   assert train.origins[0][0] == "mnist_scenes split 'train' scene 0"
   held_facts = scenes.held_out_facts(0, 0.1)
   assert all(scenes.fact_of(c[0]) in held_facts for c in held.captions)
