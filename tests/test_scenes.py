@@ -200,6 +200,12 @@ def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_eva
   assert "2 scenes of 'held_out' x 1 noise draws" in lines[-15] and len(lines[-13:-3]) == 10
   assert "linear probe" in lines[-3] and lines[-2].strip().startswith("this run: left ")
   assert lines[-1].strip().startswith("freshly initialised: left ") and " above " in lines[-1]
+  assert lines[-1].count("% of the variance)") == 2
+  # The role's share of the variance: all of it where the features are the role, none where they ignore it.
+  roles = np.tile([0, 1], 50)
+  assert probe.variance_share(np.c_[roles, -roles], roles) == pytest.approx(1.0)
+  assert probe.variance_share(np.c_[roles, -roles] + np.repeat([[5.0, 0.0], [0.0, 5.0]], 50, axis=0), roles) == \
+      pytest.approx(0.5 / 13.0)  # Per row, the role's 2 x 0.25 of a total 2 x (0.25 + 6.25).
   with pytest.raises(SystemExit) as exit_info:
     probe.main([f"--workdir={tmp_path / 'nothing'}"])
   assert exit_info.value.code == 2 and "holds no" in capsys.readouterr().err
