@@ -90,6 +90,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.xf_width = 128
   c.model.xf_layers = 6
   c.model.xf_heads = 2
+  # Whether a caption token attends to the tokens before it only (GPT-2's and CLIP's text encoders), not to all
+  # (GLIDE's): then a later word carries the words before it, e.g. the second digit of "a 3 to the left of a 7"
+  # carries "left", which the first cannot (docs/results.md, "MNIST scenes").
+  c.model.xf_causal = False
   # An inpainting model (glide-text2im's InpaintText2ImUNet): the UNet also takes the known image times the
   # mask and the mask, 2·C + 1 input channels. Trained with random masks; see train.init_from.
   c.model.inpaint = False
@@ -398,6 +402,9 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
     _fail("model.learn_sigma", m.learn_sigma, "the hybrid loss and samplers need the learned-range variance.")
   if not isinstance(m.inpaint, bool):
     _fail("model.inpaint", m.inpaint, "give True (an inpainting model) or False.")
+  if not isinstance(m.xf_causal, bool):
+    _fail("model.xf_causal", m.xf_causal, "give True (each caption token reads the ones before it) or False "
+          "(GLIDE's: every token reads all).")
   if not isinstance(m.position_embedding, bool):
     _fail("model.position_embedding", m.position_embedding, "give True (learned image positions in attention) "
           "or False (GLIDE's blocks).")

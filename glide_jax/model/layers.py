@@ -100,24 +100,28 @@ def split_heads(x: jax.Array, num_heads: int, parts: int) -> list[jax.Array]:
   return jnp.split(x, parts, axis=-1)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla") -> jax.Array:
-  """softmax((q·d^-¼)(k·d^-¼)ᵀ) v per head with the softmax in float32 (no mask), as GLIDE's QKVAttention.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str = "xla", causal: bool = False) -> jax.Array:
+  """softmax((q·d^-¼)(k·d^-¼)ᵀ) v per head with the softmax in float32, as GLIDE's QKVAttention (no mask);
+  `causal`: query i attends to keys 0..i only (GPT-2's and CLIP's text encoders).
 
   q [B, Lq, H, D]; k, v [B, Lk, H, D] → [B, Lq, H·D] (heads concatenated head-major). impl "cudnn" runs
   cuDNN's fused (flash) attention, which scales the logits by d^-½ once and keeps the softmax in float32;
   "xla" is the reference arithmetic below.
   """
   if impl != "xla":
-    return fused_attention(q, k, v, impl)
+    return fused_attention(q, k, v, impl, causal)
   scale = 1.0 / math.sqrt(math.sqrt(q.shape[-1]))
   logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k * scale)
+  if causal:
+    logits = jnp.where(jnp.tri(q.shape[1], k.shape[1], dtype=bool), logits, -jnp.inf)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
   return out.reshape(*out.shape[:2], -1)
 
 
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str, causal: bool = False) -> jax.Array:
   """`attention` through jax.nn.dot_product_attention ("cudnn": one fused kernel; "xla": the same function
   in XLA ops, which lets CPU tests check this call's layout and scale)."""
-  out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), implementation=implementation)
+  out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(q.shape[-1]), is_causal=causal,
+                                     implementation=implementation)
   return out.reshape(*out.shape[:2], -1)

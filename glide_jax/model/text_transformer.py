@@ -11,17 +11,18 @@ from glide_jax.model.model_config import ModelConfig
 
 
 class MultiheadAttention(nn.Module):
-  """Bidirectional self-attention with GLIDE's per-head interleaved c_qkv layout."""
+  """Self-attention with GLIDE's per-head interleaved c_qkv layout: bidirectional (GLIDE), or causal."""
 
   width: int
   heads: int
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     q, k, v = split_heads(dense(3 * self.width, self.dtype, "c_qkv")(x), self.heads, 3)
-    return dense(self.width, self.dtype, "c_proj")(attention(q, k, v, self.attention_impl))
+    return dense(self.width, self.dtype, "c_proj")(attention(q, k, v, self.attention_impl, self.causal))
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -31,11 +32,12 @@ class ResidualAttentionBlock(nn.Module):
   heads: int
   dtype: Dtype = jnp.float32
   attention_impl: str = "xla"
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = layer_norm("ln_1")(x).astype(self.dtype)
-    x = x + MultiheadAttention(self.width, self.heads, self.dtype, self.attention_impl, name="attn")(h)
+    x = x + MultiheadAttention(self.width, self.heads, self.dtype, self.attention_impl, self.causal, name="attn")(h)
     h = layer_norm("ln_2")(x).astype(self.dtype)
     h = dense(4 * self.width, self.dtype, "c_fc")(h)
     h = nn.gelu(h, approximate=False)
@@ -62,7 +64,7 @@ class TextTransformer(nn.Module):
     x = token_embedding(tokens) + positional[None]
     x = jnp.where(mask[..., None], x, padding[None])
     for i in range(c.xf_layers):
-      x = ResidualAttentionBlock(c.xf_width, c.xf_heads, c.compute_dtype, c.attention_impl,
+      x = ResidualAttentionBlock(c.xf_width, c.xf_heads, c.compute_dtype, c.attention_impl, c.xf_causal,
                                  name=f"resblocks_{i}")(x)
     xf_out = layer_norm("final_ln")(x)
     xf_proj = dense(c.time_embed_dim, jnp.float32, "transformer_proj")(xf_out[:, -1])

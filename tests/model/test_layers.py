@@ -63,3 +63,17 @@ def test_the_fused_attention_call_computes_glide_attention():
   assert want.shape == (2, 5, 24)
   np.testing.assert_allclose(np.asarray(fused_attention(q, k, v, "xla")), want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(attention(q, k, v, "xla")), want)
+
+
+def test_causal_attention_reads_each_key_up_to_its_own_position():
+  """attention(causal=True): query i attends to keys 0..i (the text encoder's model.xf_causal), so the first
+  query returns the first value, and the fused call's mask is the same."""
+  rng = np.random.default_rng(4)
+  q, k, v = (rng.normal(size=(2, 6, 3, 8)).astype(np.float32) for _ in range(3))
+  got = np.asarray(attention(q, k, v, causal=True))
+  np.testing.assert_allclose(got[:, 0], v[:, 0].reshape(2, -1), rtol=1e-6)
+  for i in range(6):  # Keys after i change nothing before them.
+    np.testing.assert_allclose(got[:, i], np.asarray(attention(q[:, i:i + 1], k[:, :i + 1], v[:, :i + 1]))[:, 0],
+                               rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(fused_attention(q, k, v, "xla", causal=True)), got, rtol=1e-5, atol=1e-6)
+  assert np.abs(np.asarray(attention(q, k, v)) - got).max() > 1e-2

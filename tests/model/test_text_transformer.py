@@ -1,6 +1,7 @@
 """The text encoder (GLIDE_REFERENCE.md §1) against a float64 numpy transcription of glide-text2im's
 `xf.py` and `Text2ImUNet.get_text_emb`, plus the padding-mask invariances."""
 
+import dataclasses
 import functools
 
 import jax
@@ -105,6 +106,24 @@ def test_matches_the_glide_transcription(encoder):
   ref_out, ref_proj = np_text_emb(params, tokens, mask)
   np.testing.assert_allclose(np.asarray(xf_out), ref_out, rtol=2e-4, atol=2e-4)
   np.testing.assert_allclose(np.asarray(xf_proj), ref_proj, rtol=2e-4, atol=2e-4)
+
+
+def test_a_causal_encoder_reads_each_token_and_the_ones_before_it(encoder):
+  """model.xf_causal, with the same parameters: a token's feature depends on it and the tokens before it (GPT-2's
+  and CLIP's text encoders); GLIDE's encoder reads every token everywhere."""
+  module, params, _ = encoder
+  causal = TextTransformer(dataclasses.replace(module.config, xf_causal=True))
+  tokens, mask = tokens_and_masks()
+  changed = tokens.copy()
+  changed[1, 5] = (changed[1, 5] + 1) % 256  # Row 1 is all real tokens.
+  features = {name: [np.asarray(m.apply({"params": params}, jnp.asarray(t), jnp.asarray(mask))[0][1])
+                     for t in (tokens, changed)] for name, m in (("causal", causal), ("glide", module))}
+  before, after = features["causal"]
+  np.testing.assert_array_equal(before[:5], after[:5])
+  assert np.abs(before[5:] - after[5:]).max(-1).min() > 1e-3  # The changed token and every one after it.
+  glide_before, glide_after = features["glide"]
+  assert np.abs(glide_before - glide_after).max(-1).min() > 1e-3
+  assert np.abs(before - glide_before).max() > 1e-3
 
 
 def test_xf_proj_reads_only_the_last_position(encoder):
