@@ -94,6 +94,10 @@ def default_config() -> ml_collections.ConfigDict:
   # (GLIDE's): then a later word carries the words before it, e.g. the second digit of "a 3 to the left of a 7"
   # carries "left", which the first cannot (docs/results.md, "MNIST scenes").
   c.model.xf_causal = False
+  # Whether the UNet's attention also reads each caption token's own embedding (layer-normed) beside the text
+  # transformer's feature for it: xf_out is then 2·xf_width wide. A word's identity then reaches the UNet
+  # unmixed with its context, which a causal encoder mixes into every later word (docs/results.md, "MNIST scenes").
+  c.model.xf_embedding_skip = False
   # An inpainting model (glide-text2im's InpaintText2ImUNet): the UNet also takes the known image times the
   # mask and the mask, 2·C + 1 input channels. Trained with random masks; see train.init_from.
   c.model.inpaint = False
@@ -405,6 +409,9 @@ def _validate_model(m: ml_collections.ConfigDict, d: ml_collections.ConfigDict) 
   if not isinstance(m.xf_causal, bool):
     _fail("model.xf_causal", m.xf_causal, "give True (each caption token reads the ones before it) or False "
           "(GLIDE's: every token reads all).")
+  if not isinstance(m.xf_embedding_skip, bool):
+    _fail("model.xf_embedding_skip", m.xf_embedding_skip, "give True (the UNet also reads each caption token's own "
+          "embedding) or False (GLIDE's: the text transformer's features only).")
   if not isinstance(m.position_embedding, bool):
     _fail("model.position_embedding", m.position_embedding, "give True (learned image positions in attention) "
           "or False (GLIDE's blocks).")

@@ -44,7 +44,8 @@ MODEL_FIELDS = ("model", "diffusion", "data.image_size", "data.channels")
 COMPUTE_ONLY_FIELDS = tuple(f"model.{name}" for name in COMPUTE_FIELDS)
 # Model fields added after checkpoints were first written, with the value an older checkpoint meant.
 ADDED_FIELD_DEFAULTS = {"model.inpaint": False, "model.low_res_size": 0, "model.position_embedding": False,
-                        "model.xf_causal": False, "diffusion.snr_scale": 1.0}
+                        "model.xf_causal": False, "model.xf_embedding_skip": False,
+                        "diffusion.snr_scale": 1.0}
 # The fields that set a run's course besides the model: the loss, the optimiser and its schedule, the data's
 # batch and the randomness. (num_steps is left out: raising it is how a finished run trains further.)
 RECIPE_FIELDS = ("seed", "train.batch_size", "train.learning_rate", "train.warmup_steps", "train.lr_schedule",

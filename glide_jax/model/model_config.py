@@ -85,6 +85,7 @@ class ModelConfig:
   xf_layers: int
   xf_heads: int
   xf_causal: bool = False  # Each token attends to itself and earlier ones (GPT-2, CLIP); GLIDE's: to all.
+  xf_embedding_skip: bool = False  # xf_out also holds each token's own (normed) embedding: 2·xf_width wide.
   inpaint: bool = False  # Also takes the known image (times the mask) and the mask: glide-text2im's inpainter.
   low_res_size: int = 0  # > 0: an upsampler from images this size (glide-text2im's SuperResText2ImUNet).
   position_embedding: bool = False  # A learned embedding per image position in every attention block.
@@ -106,7 +107,7 @@ class ModelConfig:
         learn_sigma=bool(m.learn_sigma), resblock_updown=bool(m.resblock_updown),
         conv_resample=bool(m.conv_resample), vocab_size=int(vocab_size), text_ctx=int(m.text_ctx),
         xf_width=int(m.xf_width), xf_layers=int(m.xf_layers), xf_heads=int(m.xf_heads),
-        xf_causal=bool(m.xf_causal),
+        xf_causal=bool(m.xf_causal), xf_embedding_skip=bool(m.xf_embedding_skip),
         inpaint=bool(m.inpaint), low_res_size=int(m.low_res_size), position_embedding=bool(m.position_embedding),
         **resolve_kernels(m, on))
 

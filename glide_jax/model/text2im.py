@@ -27,7 +27,7 @@ class Text2ImUNet(nn.Module):
     self.unet = UNet(self.config)
 
   def encode_text(self, tokens: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(xf_out [B, L, xf_width], xf_proj [B, 4·model_channels])."""
+    """(xf_out [B, L, xf_width] (2·xf_width with xf_embedding_skip), xf_proj [B, 4·model_channels])."""
     return self.text_encoder(tokens, mask)
 
   def denoise(self, x: jax.Array, timesteps: jax.Array, xf_out: jax.Array, xf_proj: jax.Array,

@@ -49,7 +49,9 @@ class TextTransformer(nn.Module):
 
   Embedding = token embedding + learned positions; where the mask is False the vector is replaced by a
   learned per-position padding embedding (GLIDE's xf_padding), so the empty prompt is exactly the padding
-  embeddings whatever its ids. xf_proj projects the feature at the *last* position (as GLIDE does).
+  embeddings whatever its ids. xf_proj projects the feature at the *last* position (as GLIDE does). With
+  `xf_embedding_skip`, xf_out is [B, L, 2·xf_width]: the transformer's features, then each position's embedding
+  layer-normed; xf_proj still reads the transformer's feature only.
   """
 
   config: ModelConfig
@@ -62,10 +64,12 @@ class TextTransformer(nn.Module):
     positional = self.param("positional_embedding", nn.initializers.normal(0.01), (c.text_ctx, c.xf_width))
     padding = self.param("padding_embedding", nn.initializers.normal(0.01), (c.text_ctx, c.xf_width))
     x = token_embedding(tokens) + positional[None]
-    x = jnp.where(mask[..., None], x, padding[None])
+    x = embedded = jnp.where(mask[..., None], x, padding[None])
     for i in range(c.xf_layers):
       x = ResidualAttentionBlock(c.xf_width, c.xf_heads, c.compute_dtype, c.attention_impl, c.xf_causal,
                                  name=f"resblocks_{i}")(x)
     xf_out = layer_norm("final_ln")(x)
     xf_proj = dense(c.time_embed_dim, jnp.float32, "transformer_proj")(xf_out[:, -1])
+    if c.xf_embedding_skip:
+      xf_out = jnp.concatenate([xf_out, layer_norm("embedding_ln")(embedded)], axis=-1)
     return xf_out.astype(c.compute_dtype), xf_proj

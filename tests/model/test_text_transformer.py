@@ -126,6 +126,31 @@ def test_a_causal_encoder_reads_each_token_and_the_ones_before_it(encoder):
   assert np.abs(before - glide_before).max() > 1e-3
 
 
+def test_the_embedding_skip_adds_each_tokens_own_embedding_beside_its_feature(encoder):
+  """model.xf_embedding_skip: xf_out is the transformer's features, then each position's own embedding (token +
+  position, or padding) layer-normed, which no other token changes; xf_proj is as without it."""
+  module, params, apply = encoder
+  skip = TextTransformer(dataclasses.replace(module.config, xf_causal=True, xf_embedding_skip=True))
+  causal = TextTransformer(dataclasses.replace(module.config, xf_causal=True))
+  skip_params = {**params, "embedding_ln": {"scale": np.full(WIDTH, 1.5, np.float32),
+                                            "bias": np.full(WIDTH, 0.25, np.float32)}}
+  tokens, mask = tokens_and_masks()
+  changed = tokens.copy()
+  changed[1, 5] = (changed[1, 5] + 1) % 256
+  (out, proj), (out_changed, _) = (skip.apply({"params": skip_params}, jnp.asarray(t), jnp.asarray(mask))
+                                   for t in (tokens, changed))
+  reference_out, reference_proj = causal.apply({"params": params}, jnp.asarray(tokens), jnp.asarray(mask))
+  assert out.shape == (*tokens.shape, 2 * WIDTH)
+  np.testing.assert_array_equal(np.asarray(out[..., :WIDTH]), np.asarray(reference_out))
+  np.testing.assert_array_equal(np.asarray(proj), np.asarray(reference_proj))
+  embedded = np.where(mask[..., None], np.asarray(params["token_embedding"]["embedding"])[tokens]
+                      + np.asarray(params["positional_embedding"])[None], np.asarray(params["padding_embedding"])[None])
+  normed = (embedded - embedded.mean(-1, keepdims=True)) / np.sqrt(embedded.var(-1, keepdims=True) + 1e-5)
+  np.testing.assert_allclose(np.asarray(out[..., WIDTH:]), 1.5 * normed + 0.25, rtol=1e-4, atol=1e-4)
+  moved = np.abs(np.asarray(out_changed[1, :, WIDTH:]) - np.asarray(out[1, :, WIDTH:])).max(-1)
+  assert moved[5] > 1e-3 and np.all(np.delete(moved, 5) == 0)  # Only the changed token's own embedding moves.
+
+
 def test_xf_proj_reads_only_the_last_position(encoder):
   module, params, apply = encoder
   tokens, mask = tokens_and_masks()
