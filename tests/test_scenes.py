@@ -180,6 +180,11 @@ def test_a_tiny_model_trains_on_scenes_samples_a_caption_it_never_saw_and_is_eva
     assert list(f["prompts"]) == [scenes.captions_of(fact)[j % len(scenes.captions_of(fact))]
                                   for fact in scenes.all_facts() if fact in held for j in range(2)]
   assert os.path.isfile(os.path.join(workdir, "eval", "eval.png"))
+  # How relations of two different digits were drawn: shares of each outcome, printed as a second table.
+  for r in report["results"] + [report["reader"]]:
+    assert set(r["relations"]) <= {"left of", "right of", "above", "below"} and r["relations"]
+    assert all(sum(shares.values()) == pytest.approx(1.0) for shares in r["relations"].values())
+  assert "Relations of two different digits, the share drawn right / swapped" in capsys.readouterr().out
   # The caption probe (scripts/caption_probe.py) on this run: a caption that changes nothing changes no MSE.
   probe = load_script("caption_probe")
   assert probe.other_captions("a 3 to the left of a 7") == {

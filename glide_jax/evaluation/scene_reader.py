@@ -3,6 +3,7 @@ cell's size, and whether that layout is one a caption allows (`scenes.allowed_la
 
 from __future__ import annotations
 
+import collections
 from typing import Callable, Sequence
 
 import numpy as np
@@ -12,6 +13,12 @@ from glide_jax import scenes
 # A cell with fewer pixels brighter than half is read as empty. Real MNIST digits at 16x16 light far more
 # (docs/training.md gives the reader's accuracy on real scenes, which this threshold is judged by).
 EMPTY_MAX_BRIGHT_PIXELS = 4
+# How a relation between two different digits is drawn: as said, in the other order (what a model blind to word
+# order draws about half the time), the digit named first in both filled cells, the one named second in both,
+# or anything else.
+RELATION_OUTCOMES = ("right", "swapped", "first_twice", "second_twice", "other")
+# Which of a relation fact's digits, ("left", a, b) or ("above", a, b), each template names first.
+_NAMED_FIRST = {"left of": 1, "above": 1, "right of": 2, "below": 2}
 
 
 def cells_of(images: np.ndarray) -> np.ndarray:
@@ -53,3 +60,26 @@ def share_by_template(right: np.ndarray, captions: Sequence[str]) -> dict[str, f
   """The share fully right per caption template (scenes.TEMPLATES), for the templates present."""
   templates = np.array([scenes.template_of(c) for c in captions])
   return {t: float(np.mean(right[templates == t])) for t in scenes.TEMPLATES if np.any(templates == t)}
+
+
+def relation_outcomes(layouts: np.ndarray, captions: Sequence[str]) -> dict[str, dict[str, float]]:
+  """Per relation template, over its scenes whose caption names two different digits: the share of each of
+  RELATION_OUTCOMES. "swapped" and the digits drawn twice tell an order not learned from words not bound."""
+  counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+  for layout, caption in zip(layouts, captions):
+    fact, template = scenes.fact_of(caption), scenes.template_of(caption)
+    if template not in _NAMED_FIRST or fact[1] == fact[2]:
+      continue
+    layout = tuple(int(d) for d in layout)
+    first = fact[_NAMED_FIRST[template]]
+    second = fact[3 - _NAMED_FIRST[template]]
+    filled = sorted(d for d in layout if d >= 0)
+    if layout in scenes.layouts_of(fact):
+      outcome = "right"
+    elif layout in scenes.layouts_of((fact[0], fact[2], fact[1])):
+      outcome = "swapped"
+    else:
+      outcome = {(first, first): "first_twice", (second, second): "second_twice"}.get(tuple(filled), "other")
+    counts[template][outcome] += 1
+  return {t: {o: counts[t][o] / sum(counts[t].values()) for o in RELATION_OUTCOMES}
+          for t in scenes.TEMPLATES if t in counts}

@@ -7,7 +7,9 @@ between the fact's phrasings ("a 3 to the left of a 7", "a 7 to the right of a 3
 every scale. Each sample's four cells are read by the MNIST evaluation classifier at the cell size (trained
 and cached on first use), a cell with almost no bright pixels as empty (`scene_reader`); a sample is fully
 right when the read layout is one its caption allows, and holds the right digits when the caption's digits are
-there in any cells (the gap between the two is placement alone). The same reader on the split's real scenes
+there in any cells (the gap between the two is placement alone). For relations between two different digits it
+also gives how each was drawn (`scene_reader.relation_outcomes`): right, swapped, or one digit in both cells. The
+same reader on the split's real scenes
 gives the **reader** row: its fully-right share is the ceiling the reading itself allows. FID compares the cells'
 features side by side (4 x the classifier's feature width) with the first half of the real scenes; the reader
 row's FID is the second half's, as many scenes as the samples, against the same half (the best at that size).
@@ -30,7 +32,14 @@ from glide_jax.evaluation import classifier as classifier_lib
 from glide_jax.evaluation.classifier_cache import get_or_train_classifier
 from glide_jax.evaluation.metrics import fid_from_features
 from glide_jax.evaluation.report import json_safe, output_dir, save_report
-from glide_jax.evaluation.scene_reader import fully_right, read_layouts, right_digits, share_by_template
+from glide_jax.evaluation.scene_reader import (
+  RELATION_OUTCOMES,
+  fully_right,
+  read_layouts,
+  relation_outcomes,
+  right_digits,
+  share_by_template,
+)
 from glide_jax.experiment import Experiment
 from glide_jax.rng import stream_key
 from glide_jax.sampling import batched
@@ -53,16 +62,25 @@ def prompts_for(facts: list, per_fact: int) -> list[str]:
 
 
 def format_scene_table(report: dict) -> str:
-  """Fully-right share overall and per template, the right-digits share, and FID, per guidance scale; the
-  reader's row last."""
+  """Fully-right share overall and per template, the right-digits share, and FID, per guidance scale; then how
+  relations were drawn (`relation_outcomes`); the reader's row last in each."""
   templates = scenes.TEMPLATES
   fmt = lambda x: "    -" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:5.3f}"
+  rows = [(f"{r['guidance_scale']:g}", r) for r in report["results"]] + [("reader", report["reader"])]
   lines = [f"{'guidance':>8}  {'right':>5}  {'digits':>6}  " + "  ".join(f"{t:>8}" for t in templates)
            + f"  {'FID':>8}"]
-  for r in report["results"] + [dict(report["reader"], guidance_scale="reader")]:
-    label = r["guidance_scale"] if isinstance(r["guidance_scale"], str) else f"{r['guidance_scale']:g}"
+  for label, r in rows:
     lines.append(f"{label:>8}  {fmt(r['fully_right'])}  {fmt(r['right_digits']):>6}  "
                  + "  ".join(f"{fmt(r['by_template'].get(t)):>8}" for t in templates) + f"  {r['fid']:8.3f}")
+  relations = [t for t in templates if any(t in r.get("relations", {}) for _, r in rows)]
+  if relations:
+    lines.append("Relations of two different digits, the share drawn "
+                 + " / ".join(o.replace("_", " ") for o in RELATION_OUTCOMES) + ":")
+    lines.append(f"{'guidance':>8}  " + "  ".join(f"{t:>24}" for t in relations))
+    for label, r in rows:
+      shares = [" ".join(f"{r.get('relations', {}).get(t, {}).get(o, math.nan):.2f}" for o in RELATION_OUTCOMES)
+                for t in relations]
+      lines.append(f"{label:>8}  " + "  ".join(f"{cell:>24}" for cell in shares))
   return "\n".join(lines)
 
 
@@ -95,6 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reader = {"fully_right": float(np.mean(real_right)),
             "right_digits": float(np.mean(right_digits(real_layouts, real_captions))),
             "by_template": share_by_template(real_right, real_captions),
+            "relations": relation_outcomes(real_layouts, real_captions),
             "fid": fid_from_features(same_size, reference), "num_scenes": len(real), "num_fid": len(same_size)}
 
   if is_main:
@@ -113,7 +132,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     all_right.append(right)
     results.append({"guidance_scale": scale, "fully_right": float(np.mean(right)),
                     "right_digits": float(np.mean(right_digits(layouts, prompts))),
-                    "by_template": share_by_template(right, prompts), "fid": fid_from_features(features, reference),
+                    "by_template": share_by_template(right, prompts), "relations": relation_outcomes(layouts, prompts),
+                    "fid": fid_from_features(features, reference),
                     "num_samples": len(prompts), "seconds": round(time.perf_counter() - start, 2)})
     if is_main:
       progress.write(f"  guidance {scale:g}: fully right {results[-1]['fully_right']:.3f} (the right digits in any "

@@ -1,9 +1,16 @@
 """Reading scenes: cells cut in reading order, empty cells by their bright pixels, a layout judged against
-what its caption allows, and the share right per template."""
+what its caption allows, the share right per template, and how a relation was drawn."""
 
 import numpy as np
 
-from glide_jax.evaluation.scene_reader import cells_of, fully_right, read_layouts, right_digits, share_by_template
+from glide_jax.evaluation.scene_reader import (
+  cells_of,
+  fully_right,
+  read_layouts,
+  relation_outcomes,
+  right_digits,
+  share_by_template,
+)
 
 
 def scene(cells, size=8):
@@ -48,3 +55,18 @@ def test_layouts_are_read_with_dim_cells_empty_and_judged_against_the_caption():
   assert not fully_right(layouts[:1], ["three and seven"])[0]  # Text outside the grammar is never right.
   shares = share_by_template(fully_right(layouts, captions), captions)
   assert shares == {"left of": 0.5, "right of": 1.0, "above": 0.0, "two": 1.0}
+
+
+def test_a_relation_is_read_as_right_swapped_or_one_digit_twice_by_the_order_its_caption_names_them():
+  layouts = np.array([[3, 7, -1, -1], [7, 3, -1, -1], [3, 3, -1, -1], [-1, -1, 7, 7], [3, -1, 7, -1],
+                      [-1, -1, 3, 7], [7, 7, -1, -1], [3, 3, -1, -1], [3, -1, 7, -1], [5, 5, -1, -1], [3, 7, -1, -1]])
+  captions = ["a 3 to the left of a 7"] * 5 + ["a 7 to the right of a 3"] * 3 + ["a 3 below a 7",
+              "a 5 to the left of a 5", "two 4s"]
+  outcomes = relation_outcomes(layouts, captions)
+  assert list(outcomes) == ["left of", "right of", "below"]  # Equal digits and other templates are left out.
+  assert outcomes["left of"] == {"right": 0.2, "swapped": 0.2, "first_twice": 0.2, "second_twice": 0.2,
+                                 "other": 0.2}  # A pair stacked for "left of" is "other".
+  # "a 7 to the right of a 3" names the 7 first: 7 7 is the first-named digit twice, 3 3 the second.
+  assert outcomes["right of"] == {"right": 1 / 3, "swapped": 0.0, "first_twice": 1 / 3, "second_twice": 1 / 3,
+                                  "other": 0.0}
+  assert outcomes["below"] == {"right": 0.0, "swapped": 1.0, "first_twice": 0.0, "second_twice": 0.0, "other": 0.0}
