@@ -64,7 +64,8 @@ def share_by_template(right: np.ndarray, captions: Sequence[str]) -> dict[str, f
 
 def relation_outcomes(layouts: np.ndarray, captions: Sequence[str]) -> dict[str, dict[str, float]]:
   """Per relation template, over its scenes whose caption names two different digits: the share of each of
-  RELATION_OUTCOMES. "swapped" and the digits drawn twice tell an order not learned from words not bound."""
+  RELATION_OUTCOMES. Many "swapped" say the word order is not learned; a digit drawn twice, that a word's
+  digit is lost to the other's."""
   counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
   for layout, caption in zip(layouts, captions):
     fact, template = scenes.fact_of(caption), scenes.template_of(caption)

@@ -9,10 +9,10 @@ and cached on first use), a cell with almost no bright pixels as empty (`scene_r
 right when the read layout is one its caption allows, and holds the right digits when the caption's digits are
 there in any cells (the gap between the two is placement alone). For relations between two different digits it
 also gives how each was drawn (`scene_reader.relation_outcomes`): right, swapped, or one digit in both cells. The
-same reader on the split's real scenes
-gives the **reader** row: its fully-right share is the ceiling the reading itself allows. FID compares the cells'
-features side by side (4 x the classifier's feature width) with the first half of the real scenes; the reader
-row's FID is the second half's, as many scenes as the samples, against the same half (the best at that size).
+same reader on the split's real scenes gives the **reader** row: its fully-right share is the ceiling the
+reading itself allows. FID compares the cells' features side by side (4 x the classifier's feature width)
+with the first half of the real scenes; the reader row's FID is the second half's, as many scenes as the
+samples, against the same half (the best at that size).
 """
 
 from __future__ import annotations
