@@ -3,8 +3,8 @@ they are ("a 3 to the left of a 7", "two 4s", "a 5 in the top right corner"; gli
 tokens. The UNet and recipe are mnist_cpu's; the text encoder is 256 wide, causal (a later word reads the words
 before it, so the second digit of a relation holds the relation word and the first does not) and frozen at its
 random initial weights, and the UNet's attention reads each token's own embedding beside its causal feature (the
-digit's identity, unmixed). 12,500 steps took 76 minutes on a 2-core AMD EPYC Zen 4: 92% of held-out captions
-fully right at guidance 2 (docs/results.md, "MNIST scenes").
+digit's identity, unmixed). 12,500 steps took 76 minutes on a 2-core AMD EPYC Zen 4: 92-94% of held-out captions
+fully right at guidance 2-5 (docs/results.md, "MNIST scenes").
 
   python main.py --config=configs/mnist_scenes_cpu.py --workdir=runs/mnist_scenes_cpu
   python main.py --config=configs/mnist_scenes_cpu.py --workdir=runs/mnist_scenes_cpu --mode=sample \\

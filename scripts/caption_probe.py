@@ -97,7 +97,7 @@ def _initialiser(model):
 
 
 def digit_token_roles(exp, params, facts) -> tuple:
-  """(features [N, xf_width], roles [N]) of the two digit tokens of every caption of the relation `facts` with
+  """(features [N, W]: xf_out's width, roles [N]) of the two digit tokens of every caption of the relation `facts` with
   two different digits: role 1 for the digit that goes left (or on top), which word order and the relation word
   decide together ("a 3 to the left of a 7": the 3; "a 7 to the right of a 3": the 3, now second)."""
   import jax.numpy as jnp
