@@ -216,6 +216,9 @@ class Checkpointer:
 
   @_disk_full_is_a_user_error
   def close(self) -> None:
+    # Orbax's close() waits for saves but not for the clean-up that opening read-write started, which only a save
+    # waits for; a process that exits without saving would be torn down under that thread.
+    self.manager._maybe_await_cleanup_tmp_directory()
     self.manager.wait_until_finished()
     self.manager.close()
 

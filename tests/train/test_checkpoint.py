@@ -1,9 +1,11 @@
 """Checkpoints on resume: a damaged latest one is skipped and set aside, all damaged is an error, and a
-checkpoint of another model config is refused with the differing fields named."""
+checkpoint of another model config is refused with the differing fields named; closing waits for what opening
+started."""
 
 import os
 import re
 import shutil
+import time
 import warnings
 
 import jax
@@ -234,3 +236,27 @@ def test_a_checkpoint_of_the_single_item_layout_still_loads(four_steps_once, tmp
   assert step == 4
   assert_trees_equal(jax.device_get(ema), jax.device_get(state.ema_params))
   assert_trees_equal(restore_checkpoint(config, workdir), jax.device_get(state))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Closing waits for the clean-up of unfinished saves that opening read-write started.
+
+
+def test_closing_waits_for_the_clean_up_that_opening_started(tmp_path, monkeypatch):
+  """Orbax removes a killed run's unfinished save in a thread that only a save waits for; a process that opened
+  read-write, saved nothing (a refused import) and exited printed that thread's traceback."""
+  directory = tmp_path / "checkpoints"
+  for entry in ("2", "4.orbax-checkpoint-tmp-1010101"):
+    os.makedirs(directory / entry)
+  checked, islink = [], os.path.islink
+
+  def slow_islink(path):  # Orbax asks this of every entry; slowed, the thread outlives an unwaited close().
+    time.sleep(0.2)
+    checked.append(os.path.basename(path))
+    return islink(path)
+
+  monkeypatch.setattr(os.path, "islink", slow_islink)
+  with Checkpointer(str(directory)):
+    pass
+  assert sorted(checked) == ["2", "4.orbax-checkpoint-tmp-1010101"]
+  assert sorted(os.listdir(directory)) == ["2"]
