@@ -9,12 +9,13 @@ def get_config():
   config.data.test_split = "test[:256]"
   config.data.image_size = 16
   config.model.model_channels = 32
-  # One level (no down- or upsampling): every test that trains, samples or restores compiles this model, and a
-  # second level would make each of those programs slower to compile for nothing they check (docs/testing.md,
-  # step 10). The model tests cover more levels.
+  # One level (no down- or upsampling) and attention (with the text's keys and values) in the middle block only:
+  # every test that trains, samples or restores compiles this model, and a second level or attention beside each
+  # ResBlock would make each of those programs slower to trace and compile for nothing they check
+  # (docs/testing.md, steps 10 and 14). The model tests cover more levels and attention at them.
   config.model.channel_mult = (1,)
   config.model.num_res_blocks = 1
-  config.model.attention_resolutions = (16,)
+  config.model.attention_resolutions = ()
   config.model.num_head_channels = 32
   config.model.dropout = 0.0
   config.model.text_ctx = 8

@@ -101,7 +101,7 @@ def test_zero_initialised_layers(setup):
   assert not np.any(np.asarray(unet["out_conv"]["kernel"]))
   resblocks = [v for v in unet.values() if "out_conv" in v]
   attention = [v for v in unet.values() if "proj_out" in v]
-  assert len(resblocks) == 5 and len(attention) == 4  # 1 input, 2 middle, 2 output; 1 + 1 middle + 2 output.
+  assert len(resblocks) == 5 and len(attention) == 1  # 1 input, 2 middle, 2 output; the middle block's (tiny).
   for block in resblocks:
     assert not np.any(np.asarray(block["out_conv"]["kernel"]))
     assert np.any(np.asarray(block["in_conv"]["kernel"]))
@@ -226,7 +226,10 @@ def test_model_config_reads_the_config(setup):
   assert model.config.vocab_size == 257  # The byte tokenizer's ids 0..255 and pad 256.
   assert model.config.image_size == config.data.image_size and model.config.in_channels == config.data.channels
   assert model.config.channel_mult == tuple(config.model.channel_mult) and model.config.dtype == "float32"
-  assert model.config.attention_ds == (1,)  # tiny: attention at 16x16, its only level.
+  assert model.config.attention_ds == ()  # tiny: attention in the middle block only.
+  at_16 = config.copy_and_resolve_references()
+  at_16.model.attention_resolutions = (16,)
+  assert ModelConfig.from_config(at_16, 257).attention_ds == (1,)  # 16x16 is its only level's downsampling 1.
   assert params["text_encoder"]["token_embedding"]["embedding"].shape == (257, config.model.xf_width)
   assert params["text_encoder"]["positional_embedding"].shape == (config.model.text_ctx, config.model.xf_width)
   assert params["unet"]["out_conv"]["kernel"].shape == (3, 3, config.model.model_channels, 2)

@@ -498,7 +498,8 @@ def test_clip_guidance_moves_dpm_solver_steps_and_is_the_conditional_model_at_sc
   tokens, mask = clip_setup["tokens"], clip_setup["mask"]
   unguided = sample(guided, setup, [0.0, 0.0], seed=15, tokens=tokens, mask=mask)
   plain = respec(setup, make_sampler(setup, "dpm_solver_pp_2m"), guidance="none")
-  np.testing.assert_allclose(unguided, sample(plain, setup, [1.0, 1.0], seed=15), atol=2e-5, rtol=0)
+  # float32 rounding: two programs, fused differently, through the solver's second-order steps.
+  np.testing.assert_allclose(unguided, sample(plain, setup, [1.0, 1.0], seed=15), atol=5e-5, rtol=0)
   assert np.abs(sample(guided, setup, [60.0, 20.0], seed=15, tokens=tokens, mask=mask) - unguided).max() > 1e-2
 
 
